@@ -1,0 +1,120 @@
+"""Memory-bounded attention with explicit positions and an order/validity mask.
+
+Every path of the project calls this one function. A key j is visible to a
+query i when `k_valid[j] and k_order[j] <= q_order[i]`; RoPE uses the separate
+`q_pos` / `k_pos`. This expresses causal attention, left padding, a KV cache
+and FocusLLM's memory prefix (order -1: visible to every query) without ever
+materialising an [L, L] mask.
+
+Queries and keys are cut into blocks; each query block runs an online softmax
+over the key blocks and skips blocks with no visible key, so memory is
+O(L * block) and a causal pass does about half the work of a dense one.
+
+SelfExtend: with `selfextend=(G, W)` the logit of (i, j) uses ordinary RoPE
+when q_pos - k_pos < W and grouped RoPE (keys at k_pos // G, queries at
+q_pos // G + W - W // G) beyond, inside the same softmax.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from focus_jax.model.rope import apply_rope
+
+NEG_INF = -1e30
+
+
+def _pad_axis(x, axis, size, value=0):
+  pad = size - x.shape[axis]
+  if pad == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _blocks(x, axis, n):
+  """[B, n*b, ...] -> [n, B, b, ...] along `axis` (1)."""
+  shape = x.shape[:axis] + (n, x.shape[axis] // n) + x.shape[axis + 1:]
+  return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
+              selfextend=None, block_q=512, block_k=1024, dense_max=2048 * 2048):
+  """Attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd].
+
+  q_pos, q_order: [B,T] int; k_pos, k_order: [B,S] int; k_valid: [B,S] bool.
+  Returns [B,T,H,hd] in q's dtype. Rows with no visible key return zeros.
+  """
+  b, t, h, hd = q.shape
+  s, kvh = k.shape[1], k.shape[2]
+  g = h // kvh
+  scale = hd ** -0.5
+  qs = [apply_rope(q, q_pos, inv_freq) * jnp.asarray(scale, q.dtype)]
+  ks = [apply_rope(k, k_pos, inv_freq)]
+  if selfextend is not None:
+    gs, w = selfextend
+    qs.append(apply_rope(q, q_pos // gs + (w - w // gs), inv_freq) * jnp.asarray(scale, q.dtype))
+    ks.append(apply_rope(k, k_pos // gs, inv_freq))
+
+  if t * s <= dense_max:
+    bq, bk = t, s
+  else:
+    bq, bk = min(block_q, t), min(block_k, s)
+  nq, nk = -(-t // bq), -(-s // bk)
+  qs = [_blocks(_pad_axis(x, 1, nq * bq).reshape(b, nq * bq, kvh, g, hd), 1, nq) for x in qs]
+  qp = _blocks(_pad_axis(q_pos, 1, nq * bq), 1, nq)
+  qo = _blocks(_pad_axis(q_order, 1, nq * bq, -2**30), 1, nq)
+  ks = [_blocks(_pad_axis(x, 1, nk * bk), 1, nk) for x in ks]
+  vb = _blocks(_pad_axis(v, 1, nk * bk), 1, nk)
+  kp = _blocks(_pad_axis(k_pos, 1, nk * bk), 1, nk)
+  ko = _blocks(_pad_axis(k_order, 1, nk * bk), 1, nk)
+  kv_ = _blocks(_pad_axis(k_valid, 1, nk * bk, False), 1, nk)
+
+  def kv_step(qblk, carry, kblk):
+    q_list, q_p, q_o = qblk
+    m, l, acc = carry
+    k_list, v_b, k_p, k_o, k_ok = kblk
+    allowed = k_ok[:, None, :] & (k_o[:, None, :] <= q_o[:, :, None])  # [B,bq,bk]
+
+    def compute(_):
+      def logits(qx, kx):
+        return jnp.einsum("bqkgd,bskd->bkgqs", qx, kx, preferred_element_type=jnp.float32)
+      sc = logits(q_list[0], k_list[0])
+      if selfextend is not None:
+        dist = q_p[:, :, None] - k_p[:, None, :]
+        sc = jnp.where((dist < selfextend[1])[:, None, None], sc, logits(q_list[1], k_list[1]))
+      sc = jnp.where(allowed[:, None, None], sc, NEG_INF)
+      m_new = jnp.maximum(m, sc.max(-1))
+      p = jnp.exp(sc - m_new[..., None])
+      corr = jnp.exp(m - m_new)
+      l_new = l * corr + p.sum(-1)
+      pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v_b.dtype), v_b,
+                      preferred_element_type=jnp.float32)
+      return m_new, l_new, acc * corr[..., None] + pv
+
+    if nk == 1:
+      return compute(None), None
+    return jax.lax.cond(allowed.any(), compute, lambda _: (m, l, acc), None), None
+
+  def q_step(qblk):
+    init = (jnp.full((b, kvh, g, bq), NEG_INF, jnp.float32),
+            jnp.zeros((b, kvh, g, bq), jnp.float32),
+            jnp.zeros((b, kvh, g, bq, hd), jnp.float32))
+    step = jax.checkpoint(functools.partial(kv_step, qblk))
+    if nk == 1:
+      (m, l, acc), _ = step(init, jax.tree.map(lambda x: x[0], (ks, vb, kp, ko, kv_)))
+    else:
+      (m, l, acc), _ = jax.lax.scan(step, init, (ks, vb, kp, ko, kv_))
+    seen = m > NEG_INF / 2
+    out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
+    return jnp.moveaxis(out, 3, 1).reshape(b, bq, h, hd)  # [B,bq,H,hd]
+
+  if nq == 1:
+    out = q_step(jax.tree.map(lambda x: x[0], (qs, qp, qo)))[None]
+  else:
+    out = jax.lax.map(q_step, (qs, qp, qo))
+  out = jnp.moveaxis(out, 0, 1).reshape(b, nq * bq, h, hd)[:, :t]
+  return out.astype(q.dtype)
