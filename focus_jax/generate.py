@@ -1,0 +1,78 @@
+"""Plain incremental decoding with a KV cache (the `plain` mode of launch.generate).
+
+Every mode returns a `Generation`: the generated tokens and, per generated
+token, the float32 logits that chose it (row 0 predicts the token right after
+the prompt).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from focus_jax.config import ModelConfig
+from focus_jax.model import forward, init_cache
+from focus_jax.sampling import Sampler
+
+
+class Generation(NamedTuple):
+  tokens: np.ndarray   # [steps] int32
+  logits: np.ndarray   # [steps, vocab] float32
+
+
+def bucket(n: int, multiple: int = 256) -> int:
+  return -(-n // multiple) * multiple
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "selfextend", "cache_size"))
+def prefill(params, cfg: ModelConfig, tokens, *, cache_size: int, selfextend=None):
+  """Runs a prompt [B,T] (left padding marked by token id -1) into a fresh cache."""
+  valid = tokens >= 0
+  positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+  cache = init_cache(cfg, tokens.shape[0], cache_size)
+  out = forward(params, cfg, jnp.maximum(tokens, 0), positions, valid=valid, cache=cache,
+                selfextend=selfextend, logits="last")
+  return out["logits"][:, -1], out["cache"], positions[:, -1]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "selfextend"), donate_argnames=("cache",))
+def decode_step(params, cfg: ModelConfig, cache, token, position, *, selfextend=None):
+  """One token per row [B] at positions [B] on top of the cache."""
+  out = forward(params, cfg, token[:, None], position[:, None], cache=cache,
+                selfextend=selfextend, logits="last")
+  return out["logits"][:, -1], out["cache"]
+
+
+def generate_plain(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,
+                   sampler: Sampler = Sampler(), *, selfextend=None, stop_at_eos: bool = True,
+                   eos_ids=None) -> Generation:
+  """Generates up to max_new_tokens after `prompt` (ids used exactly as given)."""
+  prompt = np.asarray(prompt, np.int32)
+  if prompt.ndim != 1 or prompt.size == 0:
+    raise ValueError(f"prompt must be a non-empty 1-D id sequence, got shape {prompt.shape}")
+  if prompt.min() < 0 or prompt.max() >= cfg.vocab_size:
+    raise ValueError(f"prompt ids must lie in [0, {cfg.vocab_size})")
+  if max_new_tokens < 1:
+    raise ValueError("max_new_tokens must be >= 1")
+  eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
+  # Left-pad the prompt to a bucket so prompts of similar length share one compilation.
+  t = bucket(prompt.size)
+  padded = np.full((1, t), -1, np.int32)
+  padded[0, t - prompt.size:] = prompt
+  logits, cache, pos = prefill(params, cfg, jnp.asarray(padded),
+                               cache_size=bucket(t + max_new_tokens), selfextend=selfextend)
+  tokens, rows = [], []
+  for step in range(max_new_tokens):
+    row = np.asarray(logits[0], np.float32)
+    tok = sampler.pick(row, step)
+    tokens.append(tok)
+    rows.append(row)
+    if (stop_at_eos and tok in eos) or step == max_new_tokens - 1:
+      break
+    pos = pos + 1
+    logits, cache = decode_step(params, cfg, cache, jnp.asarray([tok], jnp.int32), pos,
+                                selfextend=selfextend)
+  return Generation(np.asarray(tokens, np.int32), np.stack(rows))
