@@ -42,7 +42,7 @@ def _blocks(x, axis, n):
 
 
 def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
-              selfextend=None, block_q=512, block_k=1024, dense_max=2048 * 2048):
+              selfextend=None, block_q=512, block_k=512, dense_max=512 * 1024):
   """Attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd].
 
   q_pos, q_order: [B,T] int; k_pos, k_order: [B,S] int; k_valid: [B,S] bool.
@@ -64,11 +64,19 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
   else:
     bq, bk = min(block_q, t), min(block_k, s)
   nq, nk = -(-t // bq), -(-s // bk)
-  qs = [_blocks(_pad_axis(x, 1, nq * bq).reshape(b, nq * bq, kvh, g, hd), 1, nq) for x in qs]
+  # head-major layouts, so every block product is a plain batched matmul
+  def q_blocks(x):  # [B,T,H,hd] -> [nq, B, KV, G, bq, hd]
+    x = _pad_axis(x, 1, nq * bq).reshape(b, nq, bq, kvh, g, hd)
+    return x.transpose(1, 0, 3, 4, 2, 5)
+
+  def k_blocks(x):  # [B,S,KV,hd] -> [nk, B, KV, bk, hd]
+    return _pad_axis(x, 1, nk * bk).reshape(b, nk, bk, kvh, hd).transpose(1, 0, 3, 2, 4)
+
+  qs = [q_blocks(x) for x in qs]
   qp = _blocks(_pad_axis(q_pos, 1, nq * bq), 1, nq)
   qo = _blocks(_pad_axis(q_order, 1, nq * bq, -2**30), 1, nq)
-  ks = [_blocks(_pad_axis(x, 1, nk * bk), 1, nk) for x in ks]
-  vb = _blocks(_pad_axis(v, 1, nk * bk), 1, nk)
+  ks = [k_blocks(x) for x in ks]
+  vb = k_blocks(v)
   kp = _blocks(_pad_axis(k_pos, 1, nk * bk), 1, nk)
   ko = _blocks(_pad_axis(k_order, 1, nk * bk), 1, nk)
   kv_ = _blocks(_pad_axis(k_valid, 1, nk * bk, False), 1, nk)
@@ -81,7 +89,7 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
 
     def compute(_):
       def logits(qx, kx):
-        return jnp.einsum("bqkgd,bskd->bkgqs", qx, kx, preferred_element_type=jnp.float32)
+        return jnp.einsum("bkgqd,bksd->bkgqs", qx, kx, preferred_element_type=jnp.float32)
       sc = logits(q_list[0], k_list[0])
       if selfextend is not None:
         dist = q_p[:, :, None] - k_p[:, None, :]
@@ -91,7 +99,7 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
       p = jnp.exp(sc - m_new[..., None])
       corr = jnp.exp(m - m_new)
       l_new = l * corr + p.sum(-1)
-      pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v_b.dtype), v_b,
+      pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v_b.dtype), v_b,
                       preferred_element_type=jnp.float32)
       return m_new, l_new, acc * corr[..., None] + pv
 
@@ -109,12 +117,11 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
     else:
       (m, l, acc), _ = jax.lax.scan(step, init, (ks, vb, kp, ko, kv_))
     seen = m > NEG_INF / 2
-    out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
-    return jnp.moveaxis(out, 3, 1).reshape(b, bq, h, hd)  # [B,bq,H,hd]
+    return jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
 
   if nq == 1:
     out = q_step(jax.tree.map(lambda x: x[0], (qs, qp, qo)))[None]
   else:
-    out = jax.lax.map(q_step, (qs, qp, qo))
-  out = jnp.moveaxis(out, 0, 1).reshape(b, nq * bq, h, hd)[:, :t]
+    out = jax.lax.map(q_step, (qs, qp, qo))  # [nq, B, KV, G, bq, hd]
+  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, nq * bq, h, hd)[:, :t]
   return out.astype(q.dtype)

@@ -119,8 +119,8 @@ def _proj(x, lp, cp, name, cand_onehot, cand_x):
 def forward(params: dict, cfg: ModelConfig, tokens, positions, *, order=None, valid=None,
             candidate_index=None, prefix: Prefix | None = None, cache: KVCache | None = None,
             selfextend=None, logits: str | None = "all", return_kv: bool = False,
-            stop_gradient_base: bool = False, block_q: int = 512, block_k: int = 1024,
-            dense_max: int = 2048 * 2048):
+            stop_gradient_base: bool = False, block_q: int = 512, block_k: int = 512,
+            dense_max: int = 512 * 1024):
   """Runs the decoder on tokens [B,T] at RoPE positions [B,T].
 
   order: [B,T] mask order (default: positions); valid: [B,T] bool (default all).
