@@ -1,0 +1,134 @@
+r"""SmolLM2-135M forward throughput: focus_jax against HF transformers (PyTorch) on this CPU.
+
+  .venv/bin/python bench/prefill.py [--lengths=2048,8192] [--rss_length=32768] [--repeats=2]
+
+Both run a forward over the same Shakespeare tokens and keep only the last
+position's logits. focus_jax's compile time is reported apart from its
+steady-state time. The peak RSS of a long forward is measured in a fresh
+subprocess. The last line is one JSON object with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tokens(n):
+  from transformers import AutoTokenizer
+  from focus_jax import assets
+  tok = AutoTokenizer.from_pretrained(assets.smollm2_hf_dir())
+  ids = tok(assets.shakespeare_text(n_chars=n * 6))["input_ids"]
+  if len(ids) < n:
+    raise SystemExit(f"not enough text for {n} tokens")
+  return ids[:n]
+
+
+def _jax_forward(params, cfg):
+  import jax
+  import jax.numpy as jnp
+  from focus_jax.model import forward
+
+  @jax.jit
+  def f(params, ids):
+    pos = jnp.arange(ids.shape[1])[None]
+    return forward(params, cfg, ids, pos, logits="last")["logits"]
+  return f
+
+
+def rss_child(n):
+  """Runs one n-token forward and prints peak RSS (MiB) and wall time."""
+  import jax.numpy as jnp
+  import numpy as np
+  from focus_jax import assets
+  from focus_jax.checkpoint.hf import load_hf
+  cfg, params, _ = load_hf(assets.smollm2_hf_dir())
+  params = jax_tree_asarray(params)
+  ids = np.asarray(_tokens(n), np.int32)[None]
+  f = _jax_forward(params, cfg)
+  t0 = time.time()
+  f(params, jnp.asarray(ids)).block_until_ready()
+  dt = time.time() - t0
+  print(json.dumps({"n": n, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "seconds": dt}))
+
+
+def jax_tree_asarray(params):
+  import jax
+  import jax.numpy as jnp
+  return jax.tree.map(jnp.asarray, params)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--lengths", default="2048,8192")
+  ap.add_argument("--rss_length", type=int, default=32768)
+  ap.add_argument("--repeats", type=int, default=2)
+  ap.add_argument("--rss_child", type=int, default=None, help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.rss_child:
+    return rss_child(args.rss_child)
+
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from transformers import AutoModelForCausalLM
+  from focus_jax import assets
+  from focus_jax.checkpoint.hf import load_hf
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  hf_dir = assets.smollm2_hf_dir()
+  cfg, params, _ = load_hf(hf_dir)
+  params = jax_tree_asarray(params)
+  model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+  f = _jax_forward(params, cfg)
+  lengths = [int(x) for x in args.lengths.split(",")]
+  all_ids = _tokens(max(lengths))
+  result = {"device": "cpu", "threads": os.cpu_count(), "lengths": {}}
+  for n in lengths:
+    ids = np.asarray(all_ids[:n], np.int32)[None]
+    t0 = time.time()
+    out = f(params, jnp.asarray(ids))
+    out.block_until_ready()
+    first = time.time() - t0
+    times = []
+    for _ in range(args.repeats):
+      t0 = time.time()
+      out = f(params, jnp.asarray(ids))
+      out.block_until_ready()
+      times.append(time.time() - t0)
+    jax_s = min(times)
+    with torch.no_grad():
+      tids = torch.from_numpy(ids.astype(np.int64))
+      ht = []
+      for _ in range(args.repeats):
+        t0 = time.time()
+        ref = model(tids, logits_to_keep=1).logits
+        ht.append(time.time() - t0)
+    hf_s = min(ht)
+    diff = float(np.abs(np.asarray(out)[0, -1] - ref[0, -1].numpy()).max())
+    row = {"jax_s": jax_s, "jax_compile_s": first - jax_s, "hf_s": hf_s,
+           "speedup_vs_hf": hf_s / jax_s, "jax_tok_per_s": n / jax_s, "hf_tok_per_s": n / hf_s,
+           "last_logit_max_abs_diff": diff}
+    result["lengths"][str(n)] = row
+    print(f"{n:6d} tokens: focus_jax {jax_s:.2f} s (compile {first - jax_s:.1f} s), "
+          f"HF {hf_s:.2f} s, speedup {hf_s / jax_s:.2f}x, last-logit diff {diff:.2e}", flush=True)
+  if args.rss_length:
+    del model
+    proc = subprocess.run([sys.executable, __file__, f"--rss_child={args.rss_length}"],
+                          capture_output=True, text=True, check=True)
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["long_forward"] = child
+    print(f"{args.rss_length} tokens: peak RSS {child['peak_rss_mib']:.0f} MiB, "
+          f"{child['seconds']:.1f} s (incl. compile)", flush=True)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
