@@ -1,0 +1,163 @@
+"""FocusLLM building blocks, each one call of the decoder `forward` (pure, not jitted).
+
+A chunk row is a LEFT-padded token row [C] whose last token is the candidate
+(plan.py). Its positions restart at 0 at the row's first valid token.
+
+  chunk_prefix   every token of each row except the candidate -> KVCache
+                 (pre-RoPE; ordinary projections only).
+  chunk_step     t new tokens per row on top of that cache; the LAST one is
+                 the candidate (candidate projections). Its per-layer K/V are
+                 the row's memory entry and are NOT kept; the t-1 others are
+                 appended to the cache.
+  local_forward  the local tokens attending to the memory (entries at RoPE
+                 positions 0..n-1, visible to every local token) and causally
+                 to themselves (positions n, n+1, ...).
+
+Prefill    = chunk_prefix(rows) + chunk_step(cache, candidate alone) + local_forward.
+Generation = chunk_step(cache, [prev, y_t]) + local_forward(BOS ++ local ++ y_1..y_t).
+
+Training: no token before the candidate uses the candidate projections, so
+`chunk_prefix` can run under `jax.lax.stop_gradient` (or outside the
+differentiated function) and the gradient with respect to the candidate
+parameters stays exact; only `chunk_step` (one token per row) and
+`local_forward` need to be differentiated.
+
+`attn` keyword arguments (block_q, block_k, dense_max) go to `forward`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from focus_jax.config import ModelConfig
+from focus_jax.model.llama import KVCache, Prefix, forward
+
+
+def row_positions(valid, start=0):
+  """Positions that restart at `start` on each row's first valid token ([n, T] int32).
+
+  valid: [n, T] bool; start: scalar or [n]. Invalid slots get the position of
+  the previous valid token (or `start`); they are masked anyway.
+  """
+  start = jnp.asarray(start, jnp.int32)
+  if start.ndim == 1:
+    start = start[:, None]
+  return start + jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def chunk_prefix(params: dict, cfg: ModelConfig, tokens, valid, cache_size: int,
+                 **attn) -> KVCache:
+  """KV cache of every token of each row except its last one (the candidate).
+
+  tokens: [n, C] int, valid: [n, C] bool (left padding). The cache holds
+  C - 1 slots of tokens (pre-RoPE K/V, positions, validity) followed by free
+  slots up to `cache_size` (>= C - 1); `index` is C - 1. Slots past C - 1 are
+  for tokens later appended by `chunk_step` (generation).
+  """
+  n, c = tokens.shape
+  if valid.shape != (n, c):
+    raise ValueError(f"valid {valid.shape} must match tokens {tokens.shape}")
+  if c < 1 or cache_size < c - 1:
+    raise ValueError(f"cache_size ({cache_size}) must be >= row length - 1 ({c - 1})")
+  toks, val = tokens[:, :-1], valid[:, :-1]
+  pos = row_positions(val)
+  if c > 1:
+    k, v = forward(params, cfg, toks, pos, valid=val, logits=None, return_kv=True, **attn)["kv"]
+  else:
+    k = v = jnp.zeros((cfg.num_layers, n, 0, cfg.num_kv_heads, cfg.head_dim), cfg.dtype)
+  free = cache_size - (c - 1)
+  pad5 = ((0, 0), (0, 0), (0, free), (0, 0), (0, 0))
+  pad2 = ((0, 0), (0, free))
+  return KVCache(jnp.pad(k, pad5), jnp.pad(v, pad5), jnp.pad(pos, pad2), jnp.pad(pos, pad2),
+                 jnp.pad(val, pad2), jnp.asarray(c - 1, jnp.int32))
+
+
+def cache_prefix(cache: KVCache) -> Prefix:
+  """The cache's filled and free slots as a read-only prefix (free slots are invalid)."""
+  return Prefix(cache.k, cache.v, cache.pos, cache.order, cache.valid)
+
+
+def append(cache: KVCache, k, v, pos, valid) -> KVCache:
+  """Writes t entries (k, v [L, n, t, KV, hd]; pos, valid [n, t]) at cache.index.
+
+  The caller guarantees room (index + t <= size); dynamic_update_slice would
+  otherwise clamp and overwrite the last slots.
+  """
+  i = cache.index
+  z = jnp.zeros((), jnp.int32)
+  return KVCache(
+      jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (z, z, i, z, z)),
+      jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (z, z, i, z, z)),
+      jax.lax.dynamic_update_slice(cache.pos, pos.astype(jnp.int32), (z, i)),
+      jax.lax.dynamic_update_slice(cache.order, pos.astype(jnp.int32), (z, i)),
+      jax.lax.dynamic_update_slice(cache.valid, valid, (z, i)),
+      i + k.shape[2])
+
+
+def chunk_step(params: dict, cfg: ModelConfig, cache: KVCache, tokens, valid, **attn):
+  """Runs t new tokens per row [n, t] on top of `cache`; the last one is the candidate.
+
+  Positions continue each row's own numbering (the count of valid cache
+  entries). The candidate uses the candidate projections; the others use the
+  ordinary ones and are appended to the cache (free slots needed: t - 1).
+  Returns (mem_k, mem_v, new_cache) with mem_k, mem_v [L, n, KV, hd], the
+  candidates' pre-RoPE K/V. Rows whose tokens are all invalid give
+  meaningless entries that the caller must mask (mem_valid).
+  """
+  n, t = tokens.shape
+  if valid.shape != (n, t) or t < 1:
+    raise ValueError(f"tokens [n, t >= 1] and valid must match, got {tokens.shape}, {valid.shape}")
+  if cache.valid.shape[0] != n:
+    raise ValueError(f"cache has {cache.valid.shape[0]} rows, tokens have {n}")
+  pos = row_positions(valid, jnp.sum(cache.valid, axis=1, dtype=jnp.int32))
+  cand = jnp.full((n,), t - 1, jnp.int32)
+  k, v = forward(params, cfg, tokens, pos, valid=valid, candidate_index=cand,
+                 prefix=cache_prefix(cache), logits=None, return_kv=True, **attn)["kv"]
+  if t > 1:
+    cache = append(cache, k[:, :, :-1], v[:, :, :-1], pos[:, :-1], valid[:, :-1])
+  return k[:, :, -1], v[:, :, -1], cache
+
+
+def memory_prefix(mem_k, mem_v, mem_valid, mem_pos=None):
+  """The memory as a Prefix visible to every token (order -1) and its entry count.
+
+  mem_k, mem_v: [L, B, N, KV, hd]; mem_valid: [B, N] bool; mem_pos: [B, N]
+  RoPE positions (default: 0, 1, ... over the valid entries in array order).
+  Returns (Prefix, n_valid [B]).
+  """
+  mem_valid = jnp.asarray(mem_valid, bool)
+  if mem_pos is None:
+    mem_pos = row_positions(mem_valid)
+  order = jnp.full(mem_valid.shape, -1, jnp.int32)
+  n_valid = jnp.sum(mem_valid, axis=1, dtype=jnp.int32)
+  return Prefix(mem_k, mem_v, jnp.asarray(mem_pos, jnp.int32), order, mem_valid), n_valid
+
+
+def local_forward(params: dict, cfg: ModelConfig, mem_k, mem_v, mem_valid, local_tokens,
+                  local_valid=None, *, mem_pos=None, logits: str = "last", **attn):
+  """Logits of the local tokens reading the memory.
+
+  mem_k, mem_v: [L, B, N, KV, hd] (or [L, N, KV, hd] for B = 1); mem_valid:
+  [B, N] (or [N]); local_tokens: [B, T] (or [T]) = BOS ++ local (++ generated),
+  LEFT-padded where local_valid is False. Memory entries sit at positions
+  mem_pos (default 0..n-1 over valid entries), local tokens at n, n+1, ...
+  (n = valid entries of the row). logits: "last" -> [B, V], "all" -> [B, T, V]
+  (float32); unbatched inputs drop the B axis.
+  """
+  unbatched = jnp.ndim(local_tokens) == 1
+  if unbatched:
+    mem_k, mem_v = mem_k[:, None], mem_v[:, None]
+    mem_valid = jnp.asarray(mem_valid)[None]
+    mem_pos = None if mem_pos is None else jnp.asarray(mem_pos)[None]
+    local_tokens = jnp.asarray(local_tokens)[None]
+    local_valid = None if local_valid is None else jnp.asarray(local_valid)[None]
+  if logits not in ("last", "all"):
+    raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
+  if local_valid is None:
+    local_valid = jnp.ones(local_tokens.shape, bool)
+  prefix, n_valid = memory_prefix(mem_k, mem_v, mem_valid, mem_pos)
+  pos = row_positions(local_valid, n_valid)
+  out = forward(params, cfg, local_tokens, pos, valid=local_valid, prefix=prefix,
+                logits=logits, **attn)["logits"]
+  out = out[:, -1] if logits == "last" else out
+  return out[0] if unbatched else out

@@ -1,0 +1,144 @@
+"""FocusLLM generation (the `focus` mode of launch.generate), per FOCUSLLM.md.
+
+Prefill: chunk rows are encoded in batches of `chunk_batch` rows (the same
+compiled function for every batch, a progress bar over batches), split over
+the mesh's chunk axis; then the local input reads the gathered memory.
+
+Decoding (`decode`):
+  "exact"  the official algorithm: at every generated token each chunk runs
+           [prev, y_t] on its KV cache (its fragment grows with the generated
+           text), the memory is rebuilt from the new candidates and the local
+           input BOS ++ local ++ y_1..y_t is recomputed from scratch on it.
+  "fast"   an APPROXIMATION: the memory is frozen after prefill and the local
+           K/V are cached, so a step costs one token. Chunk caches are not
+           kept. It agrees with exact mode on the first token only; see
+           docs/RESULTS.md for measured agreement.
+Inputs shorter than min_focus_len run the plain model (BOS prepended when
+x[0] != BOS) with plain cached greedy decoding.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from focus_jax.config import FocusConfig, ModelConfig
+from focus_jax.focus import prefill as P_
+from focus_jax.focus.plan import ChunkPlan, make_plan, round_up, shard_order
+from focus_jax.generate import Generation, generate_plain
+from focus_jax.parallel import axis_size, make_mesh, replicate, sharding
+from focus_jax.sampling import Sampler
+
+DECODE_MODES = ("exact", "fast")
+LOCAL_BUCKET = 64   # local inputs are left-padded to a multiple of this (fewer compilations)
+
+
+def _left_pad(seq: Sequence[int], length: int):
+  toks = np.zeros(length, np.int32)
+  valid = np.zeros(length, bool)
+  toks[length - len(seq):] = seq
+  valid[length - len(seq):] = True
+  return jnp.asarray(toks), jnp.asarray(valid)
+
+
+def encode_chunks(params, cfg: ModelConfig, plan: ChunkPlan, mesh, chunk_batch: int, *,
+                  keep_cache: bool, cache_size: int = 0, attn: tuple = (), progress=False):
+  """Encodes every chunk row of `plan` (laid out for `mesh` and `chunk_batch`).
+
+  Returns (cache or None, mem_k, mem_v, mem_valid, mem_pos): mem arrays
+  [L, n_rows, KV, hd] split over the chunk axis in shard order (rows permuted
+  by plan.shard_order; mem_pos holds each row's chunk index). cache_size is
+  the per-row cache length when keep_cache (>= row_len - 1).
+  """
+  shards = axis_size(mesh, P_.CHUNK)
+  perm = shard_order(plan.n_rows, shards, chunk_batch)
+  rows = sharding(mesh, P_.CHUNK)
+  tokens = jax.device_put(plan.tokens[perm], rows)
+  valid = jax.device_put(plan.valid[perm], rows)
+  mem_valid = jax.device_put(plan.mem_valid[perm], rows)
+  mem_pos = jax.device_put(plan.mem_pos[perm], rows)
+  size = cache_size if keep_cache else 0
+  if keep_cache and size < plan.row_len - 1:
+    raise ValueError(f"cache_size {size} < row length - 1 ({plan.row_len - 1})")
+  cache, mem_k, mem_v = P_.alloc_fn(cfg, mesh, plan.n_rows, size, plan.row_len - 1, keep_cache)()
+  encode = P_.encode_fn(cfg, mesh, chunk_batch, keep_cache, attn)
+  batches = range(-(-plan.n_chunks // chunk_batch))   # trailing all-padding batches are skipped
+  if progress:
+    from tqdm import tqdm
+    batches = tqdm(batches, desc=f"chunks ({plan.n_chunks} x {plan.row_len} tokens)",
+                   unit="batch")
+  for j in batches:
+    cache, mem_k, mem_v = encode(params, tokens, valid, cache, mem_k, mem_v, jnp.int32(j))
+  return cache, mem_k, mem_v, mem_valid, mem_pos
+
+
+def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,
+                   sampler: Sampler = Sampler(), *, focus: FocusConfig = FocusConfig(),
+                   decode: str = "exact", mesh=None, chunk_batch: int = 4,
+                   progress: bool = False, stop_at_eos: bool = True, eos_ids=None,
+                   attn: tuple = ()) -> Generation:
+  """Generates up to max_new_tokens after `prompt` (ids used as given) with FocusLLM.
+
+  params must hold `candidate` projections (add_candidate_params). mesh: a
+  jax Mesh (default: one device); chunk_batch: chunk rows encoded per call,
+  rounded up to a multiple of the chunk-axis size (bounds prefill memory).
+  Returns a Generation: tokens [steps] and float32 logits [steps, vocab],
+  row 0 predicting the token after the prompt.
+  """
+  prompt = np.asarray(prompt)
+  if prompt.ndim != 1 or prompt.size == 0:
+    raise ValueError(f"prompt must be a non-empty 1-D id sequence, got shape {prompt.shape}")
+  if max_new_tokens < 1:
+    raise ValueError("max_new_tokens must be >= 1")
+  if decode not in DECODE_MODES:
+    raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+  if chunk_batch < 1:
+    raise ValueError(f"chunk_batch must be >= 1, got {chunk_batch}")
+  mesh = make_mesh(None) if mesh is None else mesh
+  chunk_batch = round_up(chunk_batch, axis_size(mesh, P_.CHUNK))
+  plan = make_plan(prompt, cfg, focus, row_multiple=chunk_batch)
+  if not plan.focus:
+    return generate_plain(params, cfg, plan.local, max_new_tokens, sampler,
+                          stop_at_eos=stop_at_eos, eos_ids=eos_ids)
+  if "candidate" not in params:
+    raise ValueError("FocusLLM needs candidate projections: params['candidate'] is missing "
+                     "(see focus_jax.model.add_candidate_params)")
+  eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
+  params = replicate(params, mesh)
+  exact = decode == "exact"
+  cache_size = round_up(plan.row_len - 1 + max_new_tokens - 1, 16) if exact else 0
+  cache, mem_k, mem_v, mem_valid, mem_pos = encode_chunks(
+      params, cfg, plan, mesh, chunk_batch, keep_cache=exact, cache_size=cache_size, attn=attn,
+      progress=progress)
+  local = [int(t) for t in plan.local]
+  if exact:
+    toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
+    logits = P_.local_fn(cfg, mesh, attn)(params, mem_k, mem_v, mem_valid, mem_pos, toks, val)
+    step_fn = P_.exact_step_fn(cfg, mesh, attn)
+  else:
+    toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
+    size = round_up(toks.shape[0] + max_new_tokens, LOCAL_BUCKET)
+    logits, mem, lcache, pos = P_.fast_prefill_fn(cfg, mesh, size, attn)(
+        params, mem_k, mem_v, mem_valid, mem_pos, toks, val)
+    step_fn = P_.fast_step_fn(cfg, mesh, attn)
+  prev = int(plan.local[-1])
+  tokens, rows = [], []
+  for step in range(max_new_tokens):
+    row = np.asarray(logits, np.float32)
+    tok = sampler.pick(row, step)
+    tokens.append(tok)
+    rows.append(row)
+    if (stop_at_eos and tok in eos) or step == max_new_tokens - 1:
+      break
+    if exact:
+      local.append(tok)
+      toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
+      logits, cache = step_fn(params, cache, mem_valid, jnp.asarray([prev, tok], jnp.int32),
+                              mem_pos, toks, val)
+      prev = tok
+    else:
+      logits, lcache = step_fn(params, mem, mem_valid, mem_pos, lcache, jnp.int32(tok), pos)
+      pos = pos + 1
+  return Generation(np.asarray(tokens, np.int32), np.stack(rows))

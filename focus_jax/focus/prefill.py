@@ -1,0 +1,182 @@
+"""Jitted, mesh-sharded FocusLLM pieces: chunk encoding, memory gather, local steps.
+
+Chunk rows are split over the mesh's "chunk" axis with `parallel.shard`:
+every device encodes its own rows (`core.chunk_prefix` + `core.chunk_step`)
+and keeps their KV caches, which stay sharded where they were computed.
+Only the candidates' K/V (one entry per row and layer) are all-gathered for
+the local step, which runs replicated. Builders are cached per static
+configuration, so a call with the same shapes reuses its compilation.
+
+`attn` is a hashable tuple of (name, value) pairs for `forward`'s attention
+blocking (block_q, block_k, dense_max).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from focus_jax.config import ModelConfig
+from focus_jax.focus import core
+from focus_jax.model.llama import KVCache, forward, init_cache
+from focus_jax.parallel import axis_size, shard, sharding, spec
+
+CHUNK = "chunk"
+
+
+def cache_specs(mesh) -> KVCache:
+  """PartitionSpecs of a chunk KVCache whose rows are split over the chunk axis."""
+  kv, rows = spec(mesh, None, CHUNK), spec(mesh, CHUNK)
+  return KVCache(kv, kv, rows, rows, rows, P())
+
+
+def cache_shardings(mesh) -> KVCache:
+  kv, rows = sharding(mesh, None, CHUNK), sharding(mesh, CHUNK)
+  return KVCache(kv, kv, rows, rows, rows, sharding(mesh))
+
+
+@functools.lru_cache(maxsize=None)
+def alloc_fn(cfg: ModelConfig, mesh, n_rows: int, size: int, index: int, keep: bool):
+  """() -> (cache or None, mem_k, mem_v): empty, sharded buffers for n_rows chunk rows."""
+  mem_shape = (cfg.num_layers, n_rows, cfg.num_kv_heads, cfg.head_dim)
+
+  def alloc():
+    cache = init_cache(cfg, n_rows, size)._replace(index=jnp.asarray(index, jnp.int32))
+    zeros = jnp.zeros(mem_shape, cfg.dtype)
+    return (cache if keep else None), zeros, zeros
+
+  mem = sharding(mesh, None, CHUNK)
+  return jax.jit(alloc, out_shardings=((cache_shardings(mesh) if keep else None), mem, mem))
+
+
+@functools.lru_cache(maxsize=None)
+def encode_fn(cfg: ModelConfig, mesh, batch: int, keep: bool, attn: tuple = ()):
+  """Encodes chunk batch j in place: (params, tokens, valid, cache, mem_k, mem_v, j) -> (cache, mem_k, mem_v).
+
+  Each device encodes rows [j*b, (j+1)*b) of its own block (b = batch / shards):
+  prefix (all but the candidate), then the candidate alone on top of it. The
+  buffers are donated and updated in place; with keep=False there is no cache.
+  """
+  shards = axis_size(mesh, CHUNK)
+  if batch % shards:
+    raise ValueError(f"chunk batch {batch} must be a multiple of the chunk axis size {shards}")
+  b, kw = batch // shards, dict(attn)
+
+  def body(params, tokens, valid, cache, mem_k, mem_v, j):
+    r0 = j * b
+    tok = jax.lax.dynamic_slice_in_dim(tokens, r0, b, 0)
+    val = jax.lax.dynamic_slice_in_dim(valid, r0, b, 0)
+    size = cache.k.shape[2] if keep else tok.shape[1] - 1
+    pc = core.chunk_prefix(params, cfg, tok, val, size, **kw)
+    mk, mv, _ = core.chunk_step(params, cfg, pc, tok[:, -1:], val[:, -1:], **kw)
+    mem_k = jax.lax.dynamic_update_slice_in_dim(mem_k, mk.astype(mem_k.dtype), r0, 1)
+    mem_v = jax.lax.dynamic_update_slice_in_dim(mem_v, mv.astype(mem_v.dtype), r0, 1)
+    if keep:
+      upd = lambda buf, x, ax: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r0, ax)
+      cache = KVCache(upd(cache.k, pc.k, 1), upd(cache.v, pc.v, 1), upd(cache.pos, pc.pos, 0),
+                      upd(cache.order, pc.order, 0), upd(cache.valid, pc.valid, 0), cache.index)
+    return cache, mem_k, mem_v
+
+  rows, mem = spec(mesh, CHUNK), spec(mesh, None, CHUNK)
+  cspec = cache_specs(mesh) if keep else None
+  fn = shard(body, mesh, in_specs=(P(), rows, rows, cspec, mem, mem, P()),
+             out_specs=(cspec, mem, mem))
+  return jax.jit(fn, donate_argnums=(3, 4, 5))
+
+
+def gather_rows(mesh, *xs, axis: int = 1):
+  """All-gathers arrays whose `axis` is split over the chunk axis (replicated result)."""
+  if CHUNK not in mesh.axis_names:
+    return xs
+  body = lambda *a: tuple(jax.lax.all_gather(x, CHUNK, axis=axis, tiled=True) for x in a)
+  in_spec = spec(mesh, *([None] * axis + [CHUNK]))
+  return shard(body, mesh, in_specs=(in_spec,) * len(xs), out_specs=(P(),) * len(xs))(*xs)
+
+
+def _local_logits(params, cfg, mem_k, mem_v, mem_valid, mem_pos, local, local_valid, kw):
+  return core.local_forward(params, cfg, mem_k[:, None], mem_v[:, None], mem_valid[None],
+                            local[None], local_valid[None], mem_pos=mem_pos[None], **kw)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def local_fn(cfg: ModelConfig, mesh, attn: tuple = ()):
+  """(params, mem_k, mem_v, mem_valid, mem_pos, local [T], local_valid [T]) -> logits [V].
+
+  Gathers the memory over the chunk axis, then runs the local tokens
+  (left-padded) on it; exact mode runs this from scratch at every step.
+  """
+  kw = dict(attn)
+
+  def fn(params, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
+    mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
+    return _local_logits(params, cfg, mem_k, mem_v, mem_valid, mem_pos, local, local_valid, kw)
+
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def exact_step_fn(cfg: ModelConfig, mesh, attn: tuple = ()):
+  """One exact generation step.
+
+  (params, cache, row_valid, pair [2] = [prev, y_t], mem_pos, local, local_valid)
+  -> (logits [V], cache): every chunk row runs [prev, y_t] on its cache (prev
+  appended, y_t the new candidate), the memory is rebuilt from the new
+  candidates and the local tokens are recomputed on it. The cache is donated.
+  """
+  kw = dict(attn)
+  rows = spec(mesh, CHUNK)
+
+  def chunks(params, cache, row_valid, pair):
+    n = row_valid.shape[0]
+    toks = jnp.broadcast_to(pair[None, :], (n, 2))
+    val = jnp.broadcast_to(row_valid[:, None], (n, 2))
+    mem_k, mem_v, cache = core.chunk_step(params, cfg, cache, toks, val, **kw)
+    return cache, mem_k, mem_v
+
+  mem = spec(mesh, None, CHUNK)
+  sharded = shard(chunks, mesh, in_specs=(P(), cache_specs(mesh), rows, P()),
+                  out_specs=(cache_specs(mesh), mem, mem))
+
+  def fn(params, cache, row_valid, pair, mem_pos, local, local_valid):
+    cache, mem_k, mem_v = sharded(params, cache, row_valid, pair)
+    mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
+    logits = _local_logits(params, cfg, mem_k, mem_v, row_valid, mem_pos, local, local_valid, kw)
+    return logits, cache
+
+  return jax.jit(fn, donate_argnums=(1,))
+
+
+@functools.lru_cache(maxsize=None)
+def fast_prefill_fn(cfg: ModelConfig, mesh, cache_size: int, attn: tuple = ()):
+  """Fast mode: (params, mem_k, mem_v, mem_valid, mem_pos, local, local_valid)
+  -> (logits [V], memory (k, v, valid, pos) gathered, local KVCache, next position)."""
+  kw = dict(attn)
+
+  def fn(params, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
+    mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
+    prefix, n_valid = core.memory_prefix(mem_k[:, None], mem_v[:, None], mem_valid[None],
+                                         mem_pos[None])
+    pos = core.row_positions(local_valid[None], n_valid)
+    out = forward(params, cfg, local[None], pos, valid=local_valid[None], prefix=prefix,
+                  cache=init_cache(cfg, 1, cache_size), logits="last", **kw)
+    return out["logits"][0, -1], (mem_k, mem_v), out["cache"], pos[0, -1] + 1
+
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def fast_step_fn(cfg: ModelConfig, mesh, attn: tuple = ()):
+  """Fast mode step: (params, (mem_k, mem_v), mem_valid, mem_pos, cache, token, position)
+  -> (logits [V], cache). The memory stays frozen at its prefill value."""
+  kw = dict(attn)
+
+  def fn(params, mem, mem_valid, mem_pos, cache, token, position):
+    prefix, _ = core.memory_prefix(mem[0][:, None], mem[1][:, None], mem_valid[None],
+                                   mem_pos[None])
+    out = forward(params, cfg, token.reshape(1, 1), position.reshape(1, 1), prefix=prefix,
+                  cache=cache, logits="last", **kw)
+    return out["logits"][0, -1], out["cache"]
+
+  return jax.jit(fn, donate_argnums=(4,))

@@ -1,0 +1,164 @@
+"""FocusLLM inference against the plain reference in focus_reference.py (a loop over
+chunks, explicit token/position lists, everything recomputed per step)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from focus_reference import TINY, reference_focus, reference_plain, tiny_params
+
+from focus_jax.config import FocusConfig
+from focus_jax.focus import core
+from focus_jax.focus.generate import generate_focus
+from focus_jax.focus.plan import bucket_count, make_plan, shard_order
+from focus_jax.generate import generate_plain
+from focus_jax.model import forward, init_params
+
+S, WL, F, T = 16, 24, 8, 40
+FC = FocusConfig(chunk_size=S, local_window=WL, fragment_len=F, min_focus_len=T)
+BOS = TINY.bos_token_id
+STEPS = 6   # prefill + 5 generated tokens
+
+
+@pytest.fixture(scope="module")
+def params():
+  return tiny_params()
+
+
+def prompt(length, seed=0, bos_at=()):
+  """Random ids that avoid BOS except at the given indices."""
+  x = np.random.default_rng(seed).integers(BOS + 1, TINY.vocab_size, size=length).astype(np.int32)
+  for i in bos_at:
+    x[i] = BOS
+  return x
+
+
+def test_bucket_count():
+  assert [bucket_count(k) for k in (1, 4, 5, 7, 8, 9, 11, 17, 127, 129)] == \
+      [1, 4, 5, 7, 8, 10, 12, 20, 128, 160]
+  with pytest.raises(ValueError):
+    bucket_count(0)
+
+
+def test_plan_layout():
+  x = prompt(90)
+  plan = make_plan(x, TINY, FC, row_multiple=4)
+  assert plan.focus and plan.n_chunks == 5 and plan.n_rows == 8 and plan.row_len == S + F + 1
+  q = [BOS] + list(x[90 - F:])
+  for i in range(5):
+    want = list(x[i * S:min((i + 1) * S, 90 - WL)]) + q
+    row = plan.tokens[i][plan.valid[i]].tolist()
+    assert row == want and plan.valid[i, -len(want):].all() and not plan.valid[i, :-len(want)].any()
+    assert plan.tokens[i, -1] == x[-1]
+  assert not plan.valid[5:].any()
+  assert plan.mem_valid.tolist() == [True] * 5 + [False] * 3
+  assert plan.local.tolist() == [BOS] + x[90 - WL:].tolist()
+  # fragment and local that already start with BOS get no second one
+  y = prompt(90, bos_at=(90 - F, 90 - WL))
+  p2 = make_plan(y, TINY, FC)
+  assert p2.fragment.tolist() == y[90 - F:].tolist() and p2.local.tolist() == y[90 - WL:].tolist()
+  # below the threshold: the plain input
+  small = make_plan(prompt(30), TINY, FC)
+  assert not small.focus and small.local[0] == BOS and small.local.size == 31
+
+
+def test_plan_rejects_bad_input():
+  with pytest.raises(ValueError, match="1-D"):
+    make_plan(np.zeros((2, 50), np.int32), TINY, FC)
+  with pytest.raises(ValueError, match="lie in"):
+    make_plan(np.full(50, 500), TINY, FC)
+  with pytest.raises(ValueError, match="bos_token_id"):
+    make_plan(prompt(50), TINY.replace(bos_token_id=None), FC)
+
+
+def test_shard_order_is_block_cyclic():
+  perm = shard_order(16, 4, 8)
+  # device d holds positions [4d, 4d+4); its first two rows are batch 0
+  assert perm.reshape(4, 2, 2)[:, 0].ravel().tolist() == list(range(8))
+  assert sorted(perm.tolist()) == list(range(16))
+
+
+CASES = {
+    "partial_last_chunk": dict(length=90),                       # M = 66: 4 x 16 + 2
+    "full_chunks": dict(length=WL + 4 * S),
+    "bos_in_fragment_and_local": dict(length=90, bos_at=(90 - F, 90 - WL)),
+    "bos_first_token": dict(length=77, bos_at=(0,)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exact_generation_matches_reference(params, case):
+  kw = CASES[case]
+  x = prompt(kw["length"], seed=len(case), bos_at=kw.get("bos_at", ()))
+  gen = generate_focus(params, TINY, x, STEPS, focus=FC, chunk_batch=2)
+  assert gen.logits.shape == (STEPS, TINY.vocab_size) and gen.logits.dtype == np.float32
+  ref = reference_focus(params, TINY, x, S, WL, F, gen.tokens[:-1])
+  np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
+  assert gen.tokens.tolist() == ref.argmax(-1).tolist()
+
+
+def test_fast_mode_is_frozen_memory(params):
+  x = prompt(90, seed=3)
+  gen = generate_focus(params, TINY, x, STEPS, focus=FC, chunk_batch=2, decode="fast")
+  ref = reference_focus(params, TINY, x, S, WL, F, gen.tokens[:-1], frozen_memory=True)
+  np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
+  exact = generate_focus(params, TINY, x, 1, focus=FC, chunk_batch=2)
+  np.testing.assert_allclose(gen.logits[0], exact.logits[0], atol=1e-6, rtol=0)
+
+
+def test_chunk_batch_does_not_change_results(params):
+  x = prompt(90, seed=4)
+  a = generate_focus(params, TINY, x, 3, focus=FC, chunk_batch=1)
+  b = generate_focus(params, TINY, x, 3, focus=FC, chunk_batch=2, progress=True)
+  np.testing.assert_allclose(a.logits, b.logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bos_first", [False, True])
+def test_below_threshold_is_plain_model(params, bos_first):
+  x = prompt(T - 1, seed=5, bos_at=(0,) if bos_first else ())
+  gen = generate_focus(params, TINY, x, STEPS, focus=FC)
+  ref = reference_plain(params, TINY, x, gen.tokens[:-1])
+  np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
+  plain = generate_plain(params, TINY, x if bos_first else np.concatenate([[BOS], x]), STEPS)
+  assert gen.tokens.tolist() == plain.tokens.tolist()
+
+
+def test_candidate_gradient_with_stopped_prefix_is_exact(params):
+  """Training use: prefix under stop_gradient + candidate step + local = full gradient."""
+  x = prompt(50, seed=6)
+  rows = jnp.asarray(np.stack([x[:20], x[20:40]]))           # two chunk rows, candidate last
+  valid = jnp.ones(rows.shape, bool)
+  local = jnp.asarray(x[40:])
+
+  def loss_split(cand):
+    p = {**params, "candidate": cand}
+    cache = jax.lax.stop_gradient(core.chunk_prefix(p, TINY, rows, valid, rows.shape[1]))
+    mk, mv, same = core.chunk_step(p, TINY, cache, rows[:, -1:], valid[:, -1:])
+    assert same is cache   # a lone candidate is not kept
+    return core.local_forward(p, TINY, mk, mv, jnp.ones(2, bool), local)[3]
+
+  def loss_full(cand):
+    p = {**params, "candidate": cand}
+    pos = jnp.broadcast_to(jnp.arange(20), (2, 20))
+    k, v = forward(p, TINY, rows, pos, candidate_index=jnp.asarray([19, 19]), logits=None,
+                   return_kv=True)["kv"]
+    return core.local_forward(p, TINY, k[:, :, -1], v[:, :, -1], jnp.ones(2, bool), local)[3]
+
+  (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(f))(params["candidate"])
+                        for f in (loss_split, loss_full))
+  np.testing.assert_allclose(l1, l2, atol=1e-6)
+  for name in g1:
+    assert float(jnp.abs(g1[name]).max()) > 0
+    np.testing.assert_allclose(g1[name], g2[name], atol=1e-6)
+
+
+def test_bad_arguments(params):
+  x = prompt(90)
+  with pytest.raises(ValueError, match="candidate"):
+    generate_focus(init_params(TINY, jax.random.PRNGKey(0)), TINY, x, 2, focus=FC)
+  with pytest.raises(ValueError, match="decode"):
+    generate_focus(params, TINY, x, 2, focus=FC, decode="approx")
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    generate_focus(params, TINY, x, 0, focus=FC)
+  with pytest.raises(ValueError, match="cache_size"):
+    core.chunk_prefix(params, TINY, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool), 3)
