@@ -1,0 +1,1 @@
+"""focus_jax: FocusLLM and SelfExtend for LLaMA models in JAX."""

@@ -1,0 +1,237 @@
+"""Hugging Face LLaMA checkpoints (safetensors folders, GGUF files) <-> params pytree.
+
+  cfg, params, hf_config = load_hf("path/to/hf_dir")        # or "model.gguf"
+  export_hf(params, cfg, hf_config, "out/hf_dir", tokenizer_src_dir="path/to/hf_dir")
+
+Tensors are read and written one at a time. FocusLLM candidate projections
+travel in an extra file, focus_candidate.safetensors (HF names
+model.layers.{i}.self_attn.candidate_{q,k,v,o}_proj.{weight,bias}), next to
+focus_config.json; transformers ignores both.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from focus_jax.checkpoint import layout
+from focus_jax.checkpoint.atomic import atomic_dir
+from focus_jax.checkpoint.layout import CheckpointError
+from focus_jax.checkpoint.safetensors_io import SafetensorsReader, write_safetensors
+from focus_jax.config import CANDIDATE_PROJS, FocusConfig, ModelConfig, RopeConfig
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_FILE = "focus_candidate.safetensors"
+FOCUS_CONFIG_FILE = "focus_config.json"
+NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+             "float16": np.dtype(np.float16)}
+# Keys of a source config.json that describe the source file, not the model.
+_DROP_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path", "auto_map",
+              "_commit_hash", "torch_dtype", "dtype")
+_ROPE_KEYS = ("rope_parameters", "rope_scaling", "rope_theta")
+
+
+def np_dtype(name: str) -> np.dtype:
+  if name not in NP_DTYPES:
+    raise CheckpointError(f"unknown dtype {name!r}; expected one of {sorted(NP_DTYPES)}")
+  return NP_DTYPES[name]
+
+
+def load_hf(path, dtype: str = "float32") -> tuple[ModelConfig, dict, dict]:
+  """Reads an HF LLaMA folder (config.json + safetensors) or a llama.cpp .gguf file.
+
+  Returns (ModelConfig, params of numpy arrays in `dtype`, the HF config dict).
+  """
+  path = Path(path)
+  if path.is_file() and path.suffix == ".gguf":
+    return _load_gguf(path, dtype)
+  if not path.exists():
+    raise CheckpointError(f"{path} not found")
+  if not path.is_dir():
+    raise CheckpointError(f"{path} is neither an HF checkpoint folder nor a .gguf file")
+  if not (path / "config.json").is_file():
+    raise CheckpointError(f"{path} has no config.json (expected an HF checkpoint folder)")
+  try:
+    hf_cfg = json.loads((path / "config.json").read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+  cfg = _model_config(hf_cfg, dtype, path)
+  with SafetensorsReader(_weight_files(path)) as r:
+    def get(group, item, matrix):
+      if group == "top":
+        name, shape = layout.TOP_HF[item], layout.top_shape(cfg, item)
+      else:
+        name, shape = f"model.layers.{group}.{item.hf}", layout.layer_shape(cfg, item.key)
+      return r.get(name, layout.hf_shape(shape, matrix))
+    params = layout.assemble(cfg, np_dtype(dtype), get, log.info)
+    _warn_unused(r.names, cfg, params)
+  if (path / CANDIDATE_FILE).is_file():
+    params["candidate"] = _load_candidates(path / CANDIDATE_FILE, cfg, np_dtype(dtype))
+  return cfg, params, hf_cfg
+
+
+def read_focus_config(path) -> FocusConfig | None:
+  """The FocusConfig stored beside an HF checkpoint (focus_config.json), if any."""
+  f = Path(path) / FOCUS_CONFIG_FILE
+  if not Path(path).is_dir() or not f.is_file():
+    return None
+  try:
+    return FocusConfig.from_dict(json.loads(f.read_text()))
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{f}: invalid FocusLLM config ({e})") from None
+
+
+def _model_config(hf_cfg: dict, dtype: str, src) -> ModelConfig:
+  np_dtype(dtype)
+  try:
+    return ModelConfig.from_hf(hf_cfg, param_dtype=dtype)
+  except KeyError as e:
+    raise CheckpointError(f"{src}: config lacks the key {e}") from None
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{src}: {e}") from None
+
+
+def _weight_files(path: Path) -> list[Path]:
+  index = path / "model.safetensors.index.json"
+  if index.is_file():
+    try:
+      shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+      raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+    missing = [s for s in shards if not (path / s).is_file()]
+    if missing:
+      raise CheckpointError(f"{path}: shards {missing} listed in {index.name} are missing")
+    return [path / s for s in shards]
+  if (path / "model.safetensors").is_file():
+    return [path / "model.safetensors"]
+  files = sorted(p for p in path.glob("*.safetensors") if p.name != CANDIDATE_FILE)
+  if files:
+    return files
+  if list(path.glob("pytorch_model*.bin")) or list(path.glob("*.pt")):
+    raise CheckpointError(f"{path} holds PyTorch .bin weights only; re-save it with "
+                          "save_pretrained(..., safe_serialization=True)")
+  raise CheckpointError(f"{path} holds no *.safetensors weights")
+
+
+def _warn_unused(names, cfg: ModelConfig, params: dict) -> None:
+  used = {layout.TOP_HF[k] for k in params if k in layout.TOP_HF} | {
+      f"model.layers.{i}.{s.hf}" for i in range(cfg.num_layers) for s in layout.layer_specs(cfg)}
+  unused = sorted(set(names) - used - {"lm_head.weight"} - {n for n in names if "rotary_emb" in n})
+  if unused:
+    log.warning("ignored %d tensors not used by the config, e.g. %s", len(unused), unused[:3])
+
+
+def _load_candidates(file: Path, cfg: ModelConfig, dtype) -> dict:
+  with SafetensorsReader([file]) as r:
+    projs = [p for p in CANDIDATE_PROJS if layout.candidate_hf_name(0, p) in r]
+    if not projs:
+      raise CheckpointError(f"{file} holds no candidate_{{q,k,v,o}}_proj tensors")
+    keys = projs + [f"{p}_bias" for p in projs
+                    if cfg.attention_bias or layout.candidate_hf_name(0, f"{p}_bias") in r]
+    cand = {}
+    for key in keys:
+      shape = layout.layer_shape(cfg, key)
+      matrix = not key.endswith("_bias")
+      arr = np.empty((cfg.num_layers, *shape), dtype)
+      for i in range(cfg.num_layers):
+        x = r.get(layout.candidate_hf_name(i, key), layout.hf_shape(shape, matrix))
+        arr[i] = (x.T if matrix else x).astype(dtype, copy=False)
+      cand[key] = arr
+  log.info("loaded candidate projections %s", keys)
+  return cand
+
+
+def _load_gguf(path: Path, dtype: str):
+  from focus_jax.checkpoint import gguf
+  reader = gguf.open_gguf(path)
+  hf_cfg = gguf.hf_config(reader)
+  cfg = _model_config(hf_cfg, dtype, path)
+  tensors = gguf.GGUFTensors(reader, cfg.num_heads, cfg.num_kv_heads)
+
+  def get(group, item, matrix):
+    if group == "top":
+      name, shape = layout.TOP_GGUF[item], layout.top_shape(cfg, item)
+    else:
+      name, shape = f"blk.{group}.{item.gguf}", layout.layer_shape(cfg, item.key)
+    return tensors.get(name, layout.hf_shape(shape, matrix))
+  params = layout.assemble(cfg, np_dtype(dtype), get, log.info)
+  return cfg, params, hf_cfg
+
+
+def rope_to_hf(rope: RopeConfig) -> dict:
+  """HF config keys (rope_theta + rope_scaling) for a RopeConfig."""
+  if rope.rope_type == "default":
+    return {"rope_theta": rope.theta, "rope_scaling": None}
+  scaling = {"rope_type": rope.rope_type, "factor": rope.factor}
+  if rope.rope_type == "llama3":
+    scaling.update(low_freq_factor=rope.low_freq_factor, high_freq_factor=rope.high_freq_factor,
+                   original_max_position_embeddings=rope.original_max_position_embeddings)
+  return {"rope_theta": rope.theta, "rope_scaling": scaling}
+
+
+def export_config(base: dict | None, cfg: ModelConfig, tied: bool, dtype: str) -> dict:
+  """A LlamaConfig-compatible config.json dict: `base` updated from the ModelConfig."""
+  d = {k: v for k, v in (base or {}).items() if k not in _DROP_KEYS}
+  eos = list(cfg.eos_token_ids)
+  d.update(
+      model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+      intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+      max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=tied,
+      attention_bias=cfg.attention_bias, mlp_bias=cfg.mlp_bias,
+      bos_token_id=cfg.bos_token_id, pad_token_id=cfg.pad_token_id,
+      eos_token_id=(eos[0] if len(eos) == 1 else (eos or None)),
+      torch_dtype=dtype, dtype=dtype)
+  if not any(k in d for k in _ROPE_KEYS) or RopeConfig.from_hf(d) != cfg.rope:
+    for k in _ROPE_KEYS:
+      d.pop(k, None)
+    d.update(rope_to_hf(cfg.rope))
+  return d
+
+
+def export_hf(params: dict, model_config: ModelConfig, hf_config_dict: dict | None, out_dir,
+              tokenizer_src_dir=None, focus_config: FocusConfig | dict | None = None,
+              overwrite: bool = False) -> Path:
+  """Writes an HF folder that `AutoModelForCausalLM.from_pretrained` loads as is.
+
+  config.json, model.safetensors (HF names, [out, in] weights, the params'
+  dtype), tokenizer files copied from tokenizer_src_dir (a folder or .gguf),
+  and with params["candidate"]: focus_candidate.safetensors + focus_config.json.
+  The folder appears only once complete; an existing one needs overwrite=True.
+  """
+  cfg = model_config
+  tied = "lm_head" not in params
+  if tied and not cfg.tie_word_embeddings:
+    raise CheckpointError("params lack lm_head but the config does not tie word embeddings")
+  if not tied and cfg.tie_word_embeddings:
+    log.warning("params hold lm_head: exporting untied embeddings")
+    cfg = cfg.replace(tie_word_embeddings=False)
+  layout.validate_params(params, cfg)
+  dtype_name = {v: k for k, v in NP_DTYPES.items()}.get(np.asarray(params["embed"]).dtype)
+  if dtype_name is None:
+    raise CheckpointError(f"cannot export params of dtype {np.asarray(params['embed']).dtype}")
+  with atomic_dir(out_dir, overwrite) as tmp:
+    hf = export_config(hf_config_dict, cfg, tied, dtype_name)
+    (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    write_safetensors(tmp / "model.safetensors", layout.iter_hf_tensors(params, cfg),
+                      log=log.info)
+    if params.get("candidate"):
+      write_safetensors(tmp / CANDIDATE_FILE, layout.iter_candidate_tensors(params, cfg),
+                        log=log.info)
+      if focus_config is None:
+        projs = tuple(p for p in CANDIDATE_PROJS if p in params["candidate"])
+        focus_config = FocusConfig(candidate_projs=projs)
+    if focus_config is not None:
+      fc = focus_config.to_dict() if isinstance(focus_config, FocusConfig) else dict(focus_config)
+      (tmp / FOCUS_CONFIG_FILE).write_text(json.dumps(fc, indent=2) + "\n")
+    if tokenizer_src_dir is not None:
+      from focus_jax.checkpoint.tokenizer import copy_tokenizer
+      copy_tokenizer(tokenizer_src_dir, tmp)
+  log.info("exported %s", out_dir)
+  return Path(out_dir)

@@ -1,0 +1,48 @@
+r"""Exports a focus_jax checkpoint to an HF folder that transformers loads as is.
+
+  python -m launch.export_hf --checkpoint=DIR --out=HF_DIR [--overwrite]
+
+Writes config.json, model.safetensors, the tokenizer files, and with FocusLLM
+candidate projections focus_candidate.safetensors + focus_config.json.
+HF_DIR appears only once complete; an existing one is kept unless --overwrite.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from absl import app, flags
+
+from launch.cli_errors import fail_cleanly, setup_logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint folder (launch.convert output).")
+flags.DEFINE_string("out", None, "Output HF folder.")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing --out folder.")
+flags.mark_flags_as_required(["checkpoint", "out"])
+
+log = logging.getLogger("focus_jax.launch.export_hf")
+
+
+def export(checkpoint: str, out: str, overwrite: bool):
+  from focus_jax.checkpoint.atomic import check_target
+  from focus_jax.checkpoint.hf import export_hf
+  from focus_jax.checkpoint.orbax import load_checkpoint
+  check_target(out, overwrite)
+  t0 = time.time()
+  cfg, params, extras = load_checkpoint(checkpoint, as_numpy=True)
+  log.info("read %s (%d layers)", checkpoint, cfg.num_layers)
+  export_hf(params, cfg, extras["hf_config"], out, tokenizer_src_dir=extras["tokenizer_dir"],
+            focus_config=extras["focus_config"], overwrite=overwrite)
+  log.info("wrote %s in %.1f s", out, time.time() - t0)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  setup_logging()
+  fail_cleanly("export_hf", export, FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite)
+
+
+if __name__ == "__main__":
+  app.run(main)
