@@ -115,8 +115,6 @@ class ModelConfig:
     if model_type != "llama" and "LlamaForCausalLM" not in archs:
       raise ValueError(f"only LLaMA-family checkpoints are supported (model_type 'llama'); "
                        f"got model_type={model_type!r}, architectures={archs}")
-    if hf.get("pretraining_tp", 1) not in (1, None):
-      pass  # pretraining_tp only changes how HF splits matmuls, not the numbers.
     heads = int(hf["num_attention_heads"])
     eos = hf.get("eos_token_id", 2)
     eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())

@@ -42,7 +42,7 @@ def _blocks(x, axis, n):
 
 
 def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
-              selfextend=None, block_q=512, block_k=512, dense_max=512 * 1024):
+              selfextend=None, block_q=256, block_k=256, dense_max=512 * 1024):
   """Attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd].
 
   q_pos, q_order: [B,T] int; k_pos, k_order: [B,S] int; k_valid: [B,S] bool.

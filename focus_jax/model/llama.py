@@ -119,7 +119,7 @@ def _proj(x, lp, cp, name, cand_onehot, cand_x):
 def forward(params: dict, cfg: ModelConfig, tokens, positions, *, order=None, valid=None,
             candidate_index=None, prefix: Prefix | None = None, cache: KVCache | None = None,
             selfextend=None, logits: str | None = "all", return_kv: bool = False,
-            stop_gradient_base: bool = False, block_q: int = 512, block_k: int = 512,
+            stop_gradient_base: bool = False, block_q: int = 256, block_k: int = 256,
             dense_max: int = 512 * 1024):
   """Runs the decoder on tokens [B,T] at RoPE positions [B,T].
 
