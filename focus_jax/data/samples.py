@@ -1,0 +1,191 @@
+"""FocusLLM training samples: the two losses' tasks built from one token window.
+
+A task is one (memory, span, target) triple (FOCUSLLM.md, Training):
+  k = L // Wl full windows; span length m; target(s) right after the span.
+  continuation: start = (k-1)*Wl + o, o in [1, Wl-m-1), memory = x[0:start].
+  repetition:   start = c*Wl + o, c in [0, k), o in [0, Wl-m), memory = x.
+  chunk i input = memory[i*S:(i+1)*S] ++ (BOS) ++ last F span tokens,
+    F = min(fragment_max, S, m); its last token is the candidate.
+  local = (BOS) ++ x[start : start+m+K-1]; targets = x[start+m : start+m+K].
+K (`target_tokens`) is 1 in the official setup; with K > 1 the positions after
+the span also predict their next token from the same memory. BOS is
+prepended only when the sequence does not already start with it.
+
+Every random choice comes from `np.random.default_rng([seed, tag, index])`,
+so a sample is a pure function of (seed, global sample index). The chunk size
+S is drawn per optimiser step (index // samples_per_step), so that all samples
+of one step share one static shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from focus_jax.focus.plan import bucket_count
+
+CONTINUATION, REPETITION = 0, 1
+LOSS_NAMES = ("continuation", "repetition")
+_TAG_SAMPLE, _TAG_CHUNK = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+  """How samples are drawn and laid out (sizes in tokens)."""
+  local_window: int = 3072                       # Wl
+  chunk_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)  # S choices
+  fragment_max: int = 512                        # official hard-coded 512
+  span_min: int = 30
+  target_tokens: int = 1                         # K
+  loss_mix: str = "both"                         # "both" or "random"
+  max_len: int = 8192                            # longest window (static shapes)
+  bos_id: int | None = 1
+  row_buckets: str = "fixed"                     # "fixed" (one shape per S) or "bucket"
+  row_multiple: int = 1                          # rows padded to a multiple (chunk devices)
+
+  def __post_init__(self):
+    if self.loss_mix not in ("both", "random"):
+      raise ValueError(f"loss_mix must be 'both' or 'random', got {self.loss_mix!r}")
+    if self.row_buckets not in ("fixed", "bucket"):
+      raise ValueError(f"row_buckets must be 'fixed' or 'bucket', got {self.row_buckets!r}")
+    if not self.chunk_sizes or min(self.chunk_sizes) < 1:
+      raise ValueError(f"chunk_sizes must be positive, got {self.chunk_sizes}")
+    if self.target_tokens < 1 or self.fragment_max < 1 or self.row_multiple < 1:
+      raise ValueError("target_tokens, fragment_max and row_multiple must be >= 1")
+    if self.span_min < 1 or self.span_max < self.span_min:
+      raise ValueError(f"local_window={self.local_window} leaves no span length in "
+                       f"[{self.span_min}, Wl-K-2] (K={self.target_tokens})")
+    if self.max_len < self.local_window:
+      raise ValueError(f"max_len ({self.max_len}) must be >= local_window ({self.local_window})")
+
+  @property
+  def span_max(self) -> int:
+    """Largest m leaving a non-empty continuation offset range [1, Wl-m-K)."""
+    return self.local_window - self.target_tokens - 2
+
+  @property
+  def tasks_per_sample(self) -> int:
+    return 2 if self.loss_mix == "both" else 1
+
+  def row_len(self, s: int) -> int:
+    return s + 1 + min(self.fragment_max, s)
+
+  def max_rows(self, s: int) -> int:
+    return -(-self.max_len // s)
+
+  @property
+  def local_len(self) -> int:
+    return self.span_max + self.target_tokens  # BOS + m + K - 1 at most
+
+
+def chunk_size_for_step(spec: SampleSpec, seed: int, step: int) -> int:
+  rng = np.random.default_rng([seed, _TAG_CHUNK, step])
+  return int(spec.chunk_sizes[rng.integers(len(spec.chunk_sizes))])
+
+
+def _with_bos(seq: np.ndarray, bos: int | None) -> np.ndarray:
+  if bos is None or (seq.size and seq[0] == bos):
+    return seq
+  return np.concatenate([np.asarray([bos], seq.dtype), seq])
+
+
+def draw_task(x: np.ndarray, kind: int, spec: SampleSpec, rng: np.random.Generator) -> dict:
+  """Draws span length and start for one loss on window x; returns the task's positions."""
+  wl, kk = spec.local_window, spec.target_tokens
+  n_win = len(x) // wl
+  if n_win < 1:
+    raise ValueError(f"window of {len(x)} tokens is shorter than local_window={wl}")
+  m = int(rng.integers(spec.span_min, spec.span_max + 1))
+  if kind == CONTINUATION:
+    start = (n_win - 1) * wl + int(rng.integers(1, wl - m - kk))
+    mem_end = start
+  elif kind == REPETITION:
+    start = int(rng.integers(0, n_win)) * wl + int(rng.integers(0, wl - m - kk + 1))
+    mem_end = len(x)
+  else:
+    raise ValueError(f"unknown loss kind {kind}")
+  assert start + m + kk <= len(x)
+  return dict(kind=kind, start=start, m=m, mem_end=mem_end)
+
+
+def build_task(x: np.ndarray, task: dict, s: int, spec: SampleSpec) -> dict:
+  """Token lists of one task: chunk rows, local input and targets (unpadded)."""
+  start, m, kk = task["start"], task["m"], spec.target_tokens
+  span = x[start:start + m]
+  frag = _with_bos(span[-min(spec.fragment_max, s, m):], spec.bos_id)
+  mem = x[:task["mem_end"]]
+  rows = [np.concatenate([mem[i:i + s], frag]) for i in range(0, len(mem), s)]
+  local = _with_bos(x[start:start + m + kk - 1], spec.bos_id)
+  return dict(kind=task["kind"], chunk_size=s, rows=rows, local=local,
+              targets=x[start + m:start + m + kk])
+
+
+def make_tasks(x: np.ndarray, spec: SampleSpec, seed: int, index: int,
+               samples_per_step: int) -> list[dict]:
+  """All tasks of global sample `index` (one per loss, or one random loss)."""
+  x = np.asarray(x, np.int32)
+  if len(x) > spec.max_len:
+    raise ValueError(f"window of {len(x)} tokens exceeds max_len={spec.max_len}")
+  rng = np.random.default_rng([seed, _TAG_SAMPLE, index])
+  s = chunk_size_for_step(spec, seed, index // samples_per_step)
+  kinds = [CONTINUATION, REPETITION] if spec.loss_mix == "both" else [int(rng.integers(2))]
+  return [build_task(x, draw_task(x, k, spec, rng), s, spec) for k in kinds]
+
+
+def _bucket_rows(n: int, s: int, spec: SampleSpec) -> int:
+  """Row count of the layout: the most any sample can need, or focus.plan's buckets."""
+  mult = spec.row_multiple
+  cap = -(-spec.max_rows(s) // mult) * mult
+  if spec.row_buckets == "fixed":
+    return cap
+  return min(cap, mult * bucket_count(-(-n // mult)))
+
+
+def pad_tasks(samples: Sequence[Sequence[dict]], spec: SampleSpec) -> dict:
+  """Stacks the tasks of several samples into static, padded arrays.
+
+  Shapes (N samples, T tasks, R rows, C row length, Lq local length, K):
+    chunk_tokens [N,T,R,C] int32, chunk_valid [N,T,R,C]: rows LEFT-padded so
+      that every row ends in its candidate (the layout of focus.plan; rows past
+      n_memory are all padding), local_tokens [N,T,Lq] (left-padded),
+    local_valid [N,T,Lq], targets [N,T,K], n_memory [N,T] (rows in use),
+    kind [N,T] (CONTINUATION or REPETITION).
+  """
+  tasks = [t for smp in samples for t in smp]
+  n, nt = len(samples), len(samples[0])
+  row_len = max(len(r) for t in tasks for r in t["rows"])
+  s = _infer_chunk_size(tasks)
+  c = spec.row_len(s)
+  if row_len > c:
+    raise ValueError(f"chunk row of {row_len} tokens exceeds the layout length {c}")
+  r = _bucket_rows(max(len(t["rows"]) for t in tasks), s, spec)
+  lq = spec.local_len
+  out = dict(chunk_tokens=np.zeros((n * nt, r, c), np.int32),
+             chunk_valid=np.zeros((n * nt, r, c), bool),
+             local_tokens=np.zeros((n * nt, lq), np.int32),
+             local_valid=np.zeros((n * nt, lq), bool),
+             targets=np.zeros((n * nt, spec.target_tokens), np.int32),
+             n_memory=np.zeros((n * nt,), np.int32), kind=np.zeros((n * nt,), np.int32))
+  for i, t in enumerate(tasks):
+    if len(t["rows"]) > r:
+      raise ValueError(f"{len(t['rows'])} chunks exceed the layout's {r} rows")
+    for j, row in enumerate(t["rows"]):
+      out["chunk_tokens"][i, j, c - len(row):] = row
+      out["chunk_valid"][i, j, c - len(row):] = True
+    loc = t["local"]
+    if len(loc) > lq:
+      raise ValueError(f"local input of {len(loc)} tokens exceeds {lq}")
+    out["local_tokens"][i, lq - len(loc):] = loc
+    out["local_valid"][i, lq - len(loc):] = True
+    out["targets"][i] = t["targets"]
+    out["n_memory"][i] = len(t["rows"])
+    out["kind"][i] = t["kind"]
+  return {k: v.reshape((n, nt) + v.shape[1:]) for k, v in out.items()}
+
+
+def _infer_chunk_size(tasks) -> int:
+  sizes = {t["chunk_size"] for t in tasks if "chunk_size" in t}
+  if len(sizes) != 1:
+    raise ValueError(f"all tasks of one batch need one chunk size, got {sorted(sizes)}")
+  return sizes.pop()

@@ -1,0 +1,130 @@
+"""FocusLLM training losses (continuation and repetition share one computation).
+
+A task (see focus_jax.data.samples) has left-padded chunk rows whose last
+token is the candidate, a left-padded local input and K target tokens. Its loss:
+  memory[i] = per-layer pre-RoPE K/V of row i's candidate (candidate projections),
+  local     = the plain model on the local input with the memory in front
+              (memory positions 0..n-1, order -1; local positions n, n+1, ...),
+  loss      = mean cross-entropy of the last K local positions on the targets.
+
+Only `params["candidate"]` trains. No token before a candidate uses the
+candidate projections, so with `stop_gradient_prefix` the rows run in two
+parts: every token but the candidate without gradient (its K/V become a
+prefix), then the candidate alone with gradient. The gradient is exactly the
+one of full back-propagation (`stop_gradient_prefix=False`), at a fraction of
+the cost: the backward pass covers only the candidates and the local input.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from focus_jax.config import ModelConfig
+from focus_jax.focus.core import chunk_prefix, chunk_step, memory_prefix, row_positions
+from focus_jax.model import forward
+
+CANDIDATE = "candidate"
+
+
+def split_params(params: dict) -> tuple[dict, dict]:
+  """(trainable candidate projections, frozen rest)."""
+  if CANDIDATE not in params:
+    raise KeyError("params have no 'candidate' projections; call "
+                   "focus_jax.model.add_candidate_params(params) first")
+  frozen = {k: v for k, v in params.items() if k != CANDIDATE}
+  return params[CANDIDATE], frozen
+
+
+def join_params(candidate: dict, frozen: dict) -> dict:
+  return {**frozen, CANDIDATE: candidate}
+
+
+def candidate_memory(params: dict, cfg: ModelConfig, tokens, valid, *,
+                     stop_gradient_prefix: bool = True):
+  """Per-layer pre-RoPE K/V of each row's candidate (its last token).
+
+  tokens, valid: [R, C] LEFT-padded rows (focus.plan layout). Fully invalid
+  rows give meaningless entries that must be masked.
+  With stop_gradient_prefix: core.chunk_prefix (no gradient) + core.chunk_step
+  of the candidate alone; otherwise one forward over the whole rows.
+  Returns (k, v), each [L, R, KV, hd].
+  """
+  r, c = tokens.shape
+  if not stop_gradient_prefix:
+    out = forward(params, cfg, tokens, row_positions(valid), valid=valid,
+                  candidate_index=jnp.full((r,), c - 1, jnp.int32), logits=None, return_kv=True)
+    k, v = out["kv"]
+    return k[:, :, -1], v[:, :, -1]
+  base = jax.lax.stop_gradient({key: val for key, val in params.items() if key != CANDIDATE})
+  cache = jax.lax.stop_gradient(chunk_prefix(base, cfg, tokens, valid, c - 1))
+  k, v, _ = chunk_step(params, cfg, cache, tokens[:, -1:], valid[:, -1:])
+  return k, v
+
+
+def local_losses(params: dict, cfg: ModelConfig, mem_k, mem_v, n_memory, local_tokens,
+                 local_valid, targets):
+  """Cross-entropy per task of the local input attending to the memory.
+
+  core.local_forward's layout, with logits only at the last K positions.
+  mem_k, mem_v: [L, N, R, KV, hd] (rows >= n_memory are padding); n_memory [N];
+  local_tokens, local_valid: [N, Lq] left-padded; targets [N, K].
+  Returns [N] float32: mean over the K targets.
+  """
+  rows = mem_k.shape[2]
+  kk = targets.shape[1]
+  prefix, n_valid = memory_prefix(mem_k, mem_v, jnp.arange(rows)[None, :] < n_memory[:, None])
+  out = forward(params, cfg, local_tokens, row_positions(local_valid, n_valid),
+                valid=local_valid, prefix=prefix, logits=None)
+  h = out["hidden"][:, -kk:]
+  head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+  logits = jnp.einsum("nkd,dv->nkv", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  return nll.mean(axis=1)
+
+
+def task_losses(params: dict, cfg: ModelConfig, batch: dict, *, stop_gradient_prefix: bool = True,
+                gather_rows: Callable | None = None):
+  """Per-task losses of one micro-batch.
+
+  batch: chunk_tokens [N,T,R,C], chunk_valid, local_tokens
+  [N,T,Lq], local_valid, targets [N,T,K], n_memory [N,T] (data.pad_tasks).
+  gather_rows: optional function applied to the memory [L, N*T, R_local, ...]
+  to collect the rows of every device (an all_gather over the chunk axis).
+  Returns [N, T] float32.
+  """
+  n, t, r, c = batch["chunk_tokens"].shape
+  mk, mv = candidate_memory(params, cfg, batch["chunk_tokens"].reshape(n * t * r, c),
+                            batch["chunk_valid"].reshape(n * t * r, c),
+                            stop_gradient_prefix=stop_gradient_prefix)
+  mk = mk.reshape(mk.shape[0], n * t, r, *mk.shape[2:])
+  mv = mv.reshape(mv.shape[0], n * t, r, *mv.shape[2:])
+  if gather_rows is not None:
+    mk, mv = gather_rows(mk), gather_rows(mv)
+  lq = batch["local_tokens"].shape[-1]
+  ce = local_losses(params, cfg, mk, mv, batch["n_memory"].reshape(n * t),
+                    batch["local_tokens"].reshape(n * t, lq),
+                    batch["local_valid"].reshape(n * t, lq),
+                    batch["targets"].reshape(n * t, -1))
+  return ce.reshape(n, t)
+
+
+def loss_sums(ce, kind) -> dict:
+  """Sums and counts of the per-task losses, overall and per loss kind (0, 1)."""
+  out = {"loss_sum": ce.sum(), "count": jnp.asarray(ce.size, jnp.float32)}
+  for i, name in enumerate(("continuation", "repetition")):
+    sel = kind == i
+    out[f"{name}_sum"] = jnp.where(sel, ce, 0.0).sum()
+    out[f"{name}_count"] = sel.sum().astype(jnp.float32)
+  return out
+
+
+def mean_losses(sums: dict) -> dict:
+  """loss, loss_continuation, loss_repetition (NaN for a kind with no task)."""
+  out = {"loss": sums["loss_sum"] / jnp.maximum(sums["count"], 1.0)}
+  for name in ("continuation", "repetition"):
+    cnt = sums[f"{name}_count"]
+    out[f"loss_{name}"] = jnp.where(cnt > 0, sums[f"{name}_sum"] / jnp.maximum(cnt, 1.0), jnp.nan)
+  return out

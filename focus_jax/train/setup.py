@@ -1,0 +1,110 @@
+"""Builds what a training run needs from its ml_collections config.
+
+The config fields are documented in configs/tiny.py. The model is either a
+random tiny LLaMA (`model = "tiny"`, for tests and smoke runs) or a focus_jax
+checkpoint folder written by launch.convert; candidate projections are added
+as copies of the attention projections when the checkpoint has none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+
+from focus_jax.config import FocusConfig, ModelConfig
+from focus_jax.data import (BatchSpec, ByteTokenizer, SampleSpec, TokenWindows, hf_tokenizer,
+                            synthetic_documents)
+from focus_jax.model import add_candidate_params, init_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Model:
+  cfg: ModelConfig              # compute dtype as configured for training
+  params: dict                  # with "candidate"
+  hf_config: dict | None = None
+  tokenizer_dir: str | None = None
+  source: str = "tiny"
+
+
+def load_model(config) -> Model:
+  """The base model (+ candidate projections) named by config.model."""
+  projs = tuple(config.candidate_projs)
+  if config.model == "tiny":
+    t = dict(config.tiny)
+    std = t.pop("init_std", 0.02)
+    cfg = ModelConfig(**t, bos_token_id=ByteTokenizer.bos_id, eos_token_ids=(ByteTokenizer.eos_id,))
+    params = init_params(cfg, jax.random.PRNGKey(config.seed), std=std)
+    params = add_candidate_params(params, projs)
+    model = Model(cfg, params)
+  else:
+    from focus_jax.checkpoint.orbax import load_checkpoint
+    if not os.path.isdir(config.model):
+      raise FileNotFoundError(f"config.model={config.model!r}: no such checkpoint folder "
+                              "(create one with python -m launch.convert)")
+    cfg, params, extras = load_checkpoint(config.model)
+    if "candidate" not in params:
+      params = add_candidate_params(params, projs)
+      log.info("candidate projections %s initialised as copies of the attention projections",
+               projs)
+    model = Model(cfg, params, extras["hf_config"], extras["tokenizer_dir"], config.model)
+  model.cfg = model.cfg.replace(compute_dtype=config.dtype)
+  return model
+
+
+def make_tokenizer(config, model: Model):
+  """(callable str -> ids, name) per config.tokenizer: "byte" or "checkpoint"."""
+  if config.tokenizer == "byte":
+    return ByteTokenizer(), "byte"
+  if config.tokenizer == "checkpoint":
+    if model.tokenizer_dir is None:
+      raise ValueError(f"config.tokenizer='checkpoint' but {model.source} has no tokenizer")
+    return hf_tokenizer(model.tokenizer_dir)
+  raise ValueError(f"config.tokenizer must be 'byte' or 'checkpoint', got {config.tokenizer!r}")
+
+
+def make_source(config, model: Model, workdir: str) -> TokenWindows:
+  """Token windows from config.data: "synthetic", "shakespeare" or comma-separated paths."""
+  if config.data == "synthetic":
+    syn = config.synthetic
+    docs = synthetic_documents(syn.n_docs, syn.length, min(syn.vocab, model.cfg.vocab_size),
+                               seed=config.seed, period=syn.period)
+    return TokenWindows.from_token_docs(docs, config.min_len, config.max_len)
+  if config.data == "shakespeare":
+    from focus_jax import assets
+    paths = [str(p) for p in assets.shakespeare_files()]
+  else:
+    paths = [p for p in config.data.split(",") if p]
+  tok, name = make_tokenizer(config, model)
+  return TokenWindows.from_paths(paths, tok, config.min_len, config.max_len,
+                                 jsonl_field=config.jsonl_field,
+                                 cache_dir=os.path.join(workdir, "data_cache"),
+                                 tokenizer_name=name)
+
+
+def sample_spec(config, cfg: ModelConfig, chunk_devices: int) -> SampleSpec:
+  return SampleSpec(local_window=config.local_window, chunk_sizes=tuple(config.chunk_sizes),
+                    fragment_max=config.fragment_max, span_min=config.span_min,
+                    target_tokens=config.target_tokens, loss_mix=config.loss_mix,
+                    max_len=config.max_len, bos_id=cfg.bos_token_id,
+                    row_buckets=config.row_buckets, row_multiple=chunk_devices)
+
+
+def batch_spec(config, data_devices: int) -> BatchSpec:
+  if config.batch_size % data_devices:
+    raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of the mesh's data "
+                     f"axis ({data_devices})")
+  bs = BatchSpec(global_batch=config.batch_size, accum=config.accum,
+                 process_index=jax.process_index(), process_count=jax.process_count())
+  return bs
+
+
+def focus_config(config) -> FocusConfig:
+  """The FocusLLM inference settings stored with the trained model."""
+  f = config.focus
+  return FocusConfig(chunk_size=f.chunk_size or max(config.chunk_sizes),
+                     local_window=config.local_window, fragment_len=config.fragment_max,
+                     min_focus_len=f.min_focus_len, candidate_projs=tuple(config.candidate_projs))

@@ -1,0 +1,57 @@
+r"""Trains FocusLLM's candidate projections.
+
+  python -m launch.train --config=configs/tiny.py --workdir=DIR [--config.lr=1e-4 ...]
+
+Every field of the config file can be overridden on the command line
+(`--config.steps=100`, `--config.chunk_sizes='(64,128)'`). The run resumes
+from DIR's latest checkpoint. Multi-process: pass --coordinator_address,
+--num_processes and --process_id, or run under SLURM / a TPU pod, where
+jax.distributed is initialised from the environment. --export_only writes
+DIR/model from DIR's latest checkpoint without training.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch.cli_errors import fail_cleanly, setup_logging
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, trained model.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_boolean("export_only", False, "Write WORKDIR/model from the latest checkpoint; no training.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+log = logging.getLogger("focus_jax.launch.train")
+
+
+def run(config, workdir):
+  from focus_jax.train.distributed import maybe_initialize
+  maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from focus_jax.train.loop import train
+  summary = train(config, workdir, export_only=FLAGS.export_only)
+  log.info("done: %s", summary)
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  setup_logging()
+  from focus_jax.train.loop import NonFiniteLoss
+  try:
+    fail_cleanly("train", run, FLAGS.config, FLAGS.workdir)
+  except NonFiniteLoss as e:
+    print(f"train: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
