@@ -90,10 +90,16 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
     def compute(_):
       def logits(qx, kx):
         return jnp.einsum("bkgqd,bksd->bkgqs", qx, kx, preferred_element_type=jnp.float32)
-      sc = logits(q_list[0], k_list[0])
-      if selfextend is not None:
-        dist = q_p[:, :, None] - k_p[:, None, :]
-        sc = jnp.where((dist < selfextend[1])[:, None, None], sc, logits(q_list[1], k_list[1]))
+      if selfextend is None:
+        sc = logits(q_list[0], k_list[0])
+      else:
+        near = (q_p[:, :, None] - k_p[:, None, :]) < selfextend[1]  # [B,bq,bk]
+        # A block wholly inside (or wholly beyond) the neighbour window needs one product.
+        sc = jax.lax.switch(
+            jnp.where(near.all(), 0, jnp.where(near.any(), 2, 1)),
+            [lambda: logits(q_list[0], k_list[0]), lambda: logits(q_list[1], k_list[1]),
+             lambda: jnp.where(near[:, None, None], logits(q_list[0], k_list[0]),
+                               logits(q_list[1], k_list[1]))])
       sc = jnp.where(allowed[:, None, None], sc, NEG_INF)
       m_new = jnp.maximum(m, sc.max(-1))
       p = jnp.exp(sc - m_new[..., None])
