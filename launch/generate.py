@@ -45,6 +45,21 @@ def _run_plain(params, cfg, ids, sampler):
 
 MODES = {"plain": _run_plain}
 
+# --mode=selfextend: SelfExtend grouped + neighbour attention (focus_jax.selfextend).
+flags.DEFINE_integer("group_size", None, "selfextend: group size G (default: the smallest G "
+                     "that covers prompt + new tokens with the model's trained context).")
+flags.DEFINE_integer("neighbor_window", 1024, "selfextend: neighbour window W.")
+
+
+def _run_selfextend(params, cfg, ids, sampler):
+  from focus_jax.selfextend import generate_selfextend
+  return generate_selfextend(params, cfg, ids, FLAGS.max_new_tokens, sampler,
+                             group_size=FLAGS.group_size, neighbor_window=FLAGS.neighbor_window,
+                             stop_at_eos=not FLAGS.ignore_eos)
+
+
+MODES["selfextend"] = _run_selfextend
+
 
 def _prompt_ids(tokenizer):
   given = [f for f in ("prompt", "prompt_file", "input_ids") if getattr(FLAGS, f) is not None]
