@@ -60,6 +60,35 @@ def _run_selfextend(params, cfg, ids, sampler):
 
 MODES["selfextend"] = _run_selfextend
 
+# --mode=focus: FocusLLM parallel decoding (focus_jax.focus.generate).
+flags.DEFINE_integer("chunk_size", 2048, "focus: chunk size S (official memory_stride).")
+flags.DEFINE_integer("local_window", 3072, "focus: local window Wl.")
+flags.DEFINE_integer("fragment_len", 512, "focus: fragment length cap (F = min(this, S, Wl)).")
+flags.DEFINE_integer("min_focus_len", 4096, "focus: shorter prompts run the plain model.")
+flags.DEFINE_enum("focus_decode", "exact", ["exact", "fast"],
+                  "focus: exact (official) or fast (memory frozen after prefill; approximate).")
+flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8' or 'data:2,chunk:4'.")
+flags.DEFINE_integer("chunk_batch", 4, "focus: chunk rows encoded per call (bounds memory).")
+
+
+def _run_focus(params, cfg, ids, sampler):
+  from focus_jax.config import FocusConfig
+  from focus_jax.focus.generate import generate_focus
+  from focus_jax.model import add_candidate_params
+  from focus_jax.parallel import make_mesh
+  fc = FocusConfig(chunk_size=FLAGS.chunk_size, local_window=FLAGS.local_window,
+                   fragment_len=FLAGS.fragment_len, min_focus_len=FLAGS.min_focus_len)
+  if "candidate" not in params:
+    logging.warning("checkpoint has no candidate projections; using untrained copies of q/k/v/o")
+    params = add_candidate_params(params, fc.candidate_projs)
+  return generate_focus(params, cfg, ids, FLAGS.max_new_tokens, sampler, focus=fc,
+                        decode=FLAGS.focus_decode, mesh=make_mesh(FLAGS.mesh),
+                        chunk_batch=FLAGS.chunk_batch, progress=True,
+                        stop_at_eos=not FLAGS.ignore_eos)
+
+
+MODES["focus"] = _run_focus
+
 
 def _prompt_ids(tokenizer):
   given = [f for f in ("prompt", "prompt_file", "input_ids") if getattr(FLAGS, f) is not None]

@@ -162,3 +162,27 @@ def test_bad_arguments(params):
     generate_focus(params, TINY, x, 0, focus=FC)
   with pytest.raises(ValueError, match="cache_size"):
     core.chunk_prefix(params, TINY, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool), 3)
+
+
+def test_generate_cli_focus_mode(params, tmp_path):
+  """launch.generate --mode=focus: --input_ids used as given, --logits_out rows as in-process."""
+  import os
+  import subprocess
+  import sys
+  from focus_jax.checkpoint.orbax import save_checkpoint
+  save_checkpoint(tmp_path / "ckpt", params, TINY)
+  x = prompt(90, seed=7)
+  np.save(tmp_path / "ids.npy", x.astype(np.int64))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run(
+      [sys.executable, "-m", "launch.generate", f"--checkpoint={tmp_path / 'ckpt'}",
+       f"--input_ids={tmp_path / 'ids.npy'}", "--mode=focus", f"--chunk_size={S}",
+       f"--local_window={WL}", f"--fragment_len={F}", f"--min_focus_len={T}",
+       "--max_new_tokens=4", f"--logits_out={tmp_path / 'out.npz'}", "--ignore_eos"],
+      cwd=root, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  got = np.load(tmp_path / "out.npz")
+  want = generate_focus(params, TINY, x, 4, focus=FC, stop_at_eos=False)
+  assert got["logits"].dtype == np.float32 and got["tokens"].dtype == np.int32
+  np.testing.assert_allclose(got["logits"], want.logits, atol=1e-5, rtol=0)
+  assert got["tokens"].tolist() == want.tokens.tolist()

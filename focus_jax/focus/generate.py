@@ -18,6 +18,7 @@ x[0] != BOS) with plain cached greedy decoding.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import jax
@@ -41,6 +42,30 @@ def _left_pad(seq: Sequence[int], length: int):
   toks[length - len(seq):] = seq
   valid[length - len(seq):] = True
   return jnp.asarray(toks), jnp.asarray(valid)
+
+
+class _Clock:
+  """Optional wall-clock laps (blocking on the given array) into a dict."""
+
+  def __init__(self, out):
+    self.out = out
+    self.start = self.last = time.perf_counter()
+
+  def record(self, key, value):
+    if self.out is not None:
+      self.out[key] = value
+
+  def lap(self, key, array, since_start=False):
+    if self.out is None:
+      return
+    jax.block_until_ready(array)
+    now = time.perf_counter()
+    dt = now - (self.start if since_start else self.last)
+    self.last = now
+    if key == "steps":
+      self.out.setdefault("steps", []).append(dt)
+    else:
+      self.out[key] = dt
 
 
 def encode_chunks(params, cfg: ModelConfig, plan: ChunkPlan, mesh, chunk_batch: int, *,
@@ -71,6 +96,8 @@ def encode_chunks(params, cfg: ModelConfig, plan: ChunkPlan, mesh, chunk_batch: 
                    unit="batch")
   for j in batches:
     cache, mem_k, mem_v = encode(params, tokens, valid, cache, mem_k, mem_v, jnp.int32(j))
+    if progress:
+      mem_k.block_until_ready()   # the bar follows the computation, not the dispatch
   return cache, mem_k, mem_v, mem_valid, mem_pos
 
 
@@ -78,14 +105,16 @@ def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_toke
                    sampler: Sampler = Sampler(), *, focus: FocusConfig = FocusConfig(),
                    decode: str = "exact", mesh=None, chunk_batch: int = 4,
                    progress: bool = False, stop_at_eos: bool = True, eos_ids=None,
-                   attn: tuple = ()) -> Generation:
+                   attn: tuple = (), timings: dict | None = None) -> Generation:
   """Generates up to max_new_tokens after `prompt` (ids used as given) with FocusLLM.
 
   params must hold `candidate` projections (add_candidate_params). mesh: a
   jax Mesh (default: one device); chunk_batch: chunk rows encoded per call,
   rounded up to a multiple of the chunk-axis size (bounds prefill memory).
   Returns a Generation: tokens [steps] and float32 logits [steps, vocab],
-  row 0 predicting the token after the prompt.
+  row 0 predicting the token after the prompt. `timings`, when given, is
+  filled with wall seconds: chunks (encoding), prefill (to the first logits),
+  steps (one per later token) and the plan's n_chunks / n_rows.
   """
   prompt = np.asarray(prompt)
   if prompt.ndim != 1 or prompt.size == 0:
@@ -96,10 +125,12 @@ def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_toke
     raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
   if chunk_batch < 1:
     raise ValueError(f"chunk_batch must be >= 1, got {chunk_batch}")
+  clock = _Clock(timings)
   mesh = make_mesh(None) if mesh is None else mesh
   chunk_batch = round_up(chunk_batch, axis_size(mesh, P_.CHUNK))
   plan = make_plan(prompt, cfg, focus, row_multiple=chunk_batch)
   if not plan.focus:
+    clock.record("plain", True)
     return generate_plain(params, cfg, plan.local, max_new_tokens, sampler,
                           stop_at_eos=stop_at_eos, eos_ids=eos_ids)
   if "candidate" not in params:
@@ -109,23 +140,28 @@ def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_toke
   params = replicate(params, mesh)
   exact = decode == "exact"
   cache_size = round_up(plan.row_len - 1 + max_new_tokens - 1, 16) if exact else 0
+  clock.record("n_chunks", plan.n_chunks)
+  clock.record("n_rows", plan.n_rows)
   cache, mem_k, mem_v, mem_valid, mem_pos = encode_chunks(
       params, cfg, plan, mesh, chunk_batch, keep_cache=exact, cache_size=cache_size, attn=attn,
       progress=progress)
+  clock.lap("chunks", mem_k)
   local = [int(t) for t in plan.local]
+  toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
   if exact:
-    toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
     logits = P_.local_fn(cfg, mesh, attn)(params, mem_k, mem_v, mem_valid, mem_pos, toks, val)
     step_fn = P_.exact_step_fn(cfg, mesh, attn)
   else:
-    toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
     size = round_up(toks.shape[0] + max_new_tokens, LOCAL_BUCKET)
     logits, mem, lcache, pos = P_.fast_prefill_fn(cfg, mesh, size, attn)(
         params, mem_k, mem_v, mem_valid, mem_pos, toks, val)
     step_fn = P_.fast_step_fn(cfg, mesh, attn)
+  clock.lap("prefill", logits, since_start=True)
   prev = int(plan.local[-1])
   tokens, rows = [], []
   for step in range(max_new_tokens):
+    if step:
+      clock.lap("steps", logits)
     row = np.asarray(logits, np.float32)
     tok = sampler.pick(row, step)
     tokens.append(tok)
