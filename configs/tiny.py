@@ -18,6 +18,7 @@ def get_config():
   c.dtype = "float32"              # compute dtype: float32 or bfloat16 (params stay float32)
   # Data: "synthetic", "shakespeare" (embedded plays) or comma-separated files/dirs/*.jsonl.
   c.data = "synthetic"
+  c.eval_data = ""                 # held-out data for launch.train --eval (default: data)
   c.synthetic = dict(n_docs=256, length=256, vocab=64, period=24)
   c.jsonl_field = "text"
   c.tokenizer = "byte"             # "byte" or "checkpoint" (the model's HF tokenizer)

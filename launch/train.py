@@ -7,7 +7,8 @@ Every field of the config file can be overridden on the command line
 from DIR's latest checkpoint. Multi-process: pass --coordinator_address,
 --num_processes and --process_id, or run under SLURM / a TPU pod, where
 jax.distributed is initialised from the environment. --export_only writes
-DIR/model from DIR's latest checkpoint without training.
+DIR/model from DIR's latest checkpoint without training; --eval=N prints the
+held-out losses (with and without the memory) of N samples.
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.DEFINE_boolean("export_only", False, "Write WORKDIR/model from the latest checkpoint; no training.")
+flags.DEFINE_integer("eval", 0, "Instead of training: held-out losses on this many samples "
+                     "(printed as one JSON line).")
+flags.DEFINE_integer("eval_step", -1, "Checkpoint step for --eval: -1 the latest, 0 the initial "
+                     "candidate projections.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 log = logging.getLogger("focus_jax.launch.train")
@@ -35,6 +40,13 @@ log = logging.getLogger("focus_jax.launch.train")
 def run(config, workdir):
   from focus_jax.train.distributed import maybe_initialize
   maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.eval:
+    import json
+    from focus_jax.train.evaluate import evaluate
+    step = None if FLAGS.eval_step < 0 else FLAGS.eval_step
+    result = evaluate(config, workdir, FLAGS.eval, step=step)
+    print(json.dumps(result), flush=True)
+    return result
   from focus_jax.train.loop import train
   summary = train(config, workdir, export_only=FLAGS.export_only)
   log.info("done: %s", summary)

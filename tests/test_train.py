@@ -50,6 +50,27 @@ def test_stop_gradient_prefix_gradient_equals_full_backprop():
     np.testing.assert_allclose(a, b, atol=1e-5 * max(scale, 1.0), rtol=0)
 
 
+def test_continuation_loss_equals_inference_logits():
+  """A continuation task is FocusLLM inference on x[:start+m] with Wl = m: same number."""
+  from focus_jax.config import FocusConfig
+  from focus_jax.data.samples import CONTINUATION, build_task, draw_task
+  from focus_jax.focus.generate import generate_focus
+  params = add_candidate_params(init_params(CFG, jax.random.PRNGKey(0), std=0.1))
+  noise = lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  params["candidate"] = jax.tree.map(noise, params["candidate"])
+  spec = SampleSpec(local_window=40, chunk_sizes=(16,), fragment_max=12, span_min=6,
+                    max_len=100, bos_id=1)
+  x = np.random.default_rng(0).integers(3, 97, 100).astype(np.int32)
+  t = draw_task(x, CONTINUATION, spec, np.random.default_rng(3))
+  batch = pad_tasks([[build_task(x, t, 16, spec)]], spec)
+  ce = task_losses(params, CFG, {k: jnp.asarray(v) for k, v in batch.items()})
+  end = t["start"] + t["m"]
+  focus = FocusConfig(chunk_size=16, local_window=t["m"], fragment_len=12, min_focus_len=0)
+  gen = generate_focus(params, CFG, x[:end], 1, focus=focus, stop_at_eos=False)
+  want = -jax.nn.log_softmax(jnp.asarray(gen.logits[0]))[x[end]]
+  np.testing.assert_allclose(ce[0, 0], want, rtol=1e-5)
+
+
 def test_only_candidate_parameters_have_optimiser_state():
   params = add_candidate_params(init_params(CFG, jax.random.PRNGKey(0)))
   cand, frozen = split_params(params)
@@ -81,3 +102,36 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
   assert len(rows) == bad - 1 and all(np.isfinite(r["loss"]) for r in rows)
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps[-1] == bad - 1
+
+
+def test_paper_config_traces_at_full_size():
+  """configs/llama2_7b_paper.py with LLaMA-2-7B shapes: the step traces (jax.eval_shape)."""
+  from configs import llama2_7b_paper
+  from focus_jax import parallel
+  from focus_jax.train import setup
+  from focus_jax.train.step import make_train_step
+  config = llama2_7b_paper.get_config()
+  cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
+                    num_heads=32, num_kv_heads=32, head_dim=128, max_position_embeddings=4096,
+                    compute_dtype=config.dtype)
+  mesh = parallel.make_mesh("")
+  spec = setup.sample_spec(config, cfg, 1)
+  assert spec.max_rows(64) == 128 and spec.row_len(64) == 129 and spec.row_len(2048) == 2561
+  assert spec.local_len == 3070 and spec.span_max == 3069  # BOS + m
+  params = jax.eval_shape(lambda: add_candidate_params(init_params(cfg, jax.random.PRNGKey(0))))
+  cand, frozen = split_params(params)
+  sched = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay)
+  tx = make_optimizer(sched, clip_norm=config.clip_norm)
+  state = jax.eval_shape(lambda c: init_state(c, tx, 0), cand)
+  s, b = 512, config.batch_size
+  shapes = dict(chunk_tokens=((1, b, 2, spec.max_rows(s), spec.row_len(s)), jnp.int32),
+                chunk_valid=((1, b, 2, spec.max_rows(s), spec.row_len(s)), bool),
+                local_tokens=((1, b, 2, spec.local_len), jnp.int32),
+                local_valid=((1, b, 2, spec.local_len), bool),
+                targets=((1, b, 2, 1), jnp.int32), n_memory=((1, b, 2), jnp.int32),
+                kind=((1, b, 2), jnp.int32))
+  batch = {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
+  step = make_train_step(cfg, mesh, tx, sched, tasks_per_step=2 * b)
+  new_state, metrics = jax.eval_shape(step, state, frozen, batch)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert new_state.params["q"].shape == (32, 4096, 4096) and metrics["loss_sum"].shape == ()

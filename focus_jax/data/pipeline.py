@@ -60,7 +60,9 @@ def step_dataset(source, spec: SampleSpec, batch: BatchSpec, seed: int) -> grain
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   ds = ds.map_with_index(tasks)
   ds = ds[batch.process_index::batch.process_count]
-  return ds.batch(batch.accum * batch.per_host_batch, batch_fn=collate)
+  # drop_remainder: the stream is endless, and grain computes the length of an
+  # endless dataset batched without it in floating point (overflow for size 1).
+  return ds.batch(batch.accum * batch.per_host_batch, drop_remainder=True, batch_fn=collate)
 
 
 def step_iterator(source, spec: SampleSpec, batch: BatchSpec, seed: int, *,

