@@ -7,6 +7,7 @@ rotates q and k per pair, and runs one softmax. It is float64 numpy; only the
 RoPE angle is rounded to float32 like every implementation (HF included).
 """
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,8 @@ import pytest
 
 from focus_jax import generate as gen_lib
 from focus_jax.config import ModelConfig, SelfExtendConfig
+from focus_jax.eval import passkey
+from focus_jax.eval.passkey import make_passkey_prompt
 from focus_jax.model import forward as _forward, init_cache, init_params
 from focus_jax.model.attention import attention as _attention
 from focus_jax.model.rope import inv_frequencies
@@ -315,3 +318,50 @@ def test_bad_settings_rejected():
     resolve(CFG, 100, neighbor_window=40)
   with pytest.raises(ValueError, match="group_size"):
     resolve(CFG, 100, group_size=0, neighbor_window=8)
+
+
+# ---------------------------------------------------------------- passkey prompt, launch mode
+
+class WordTokenizer:
+  """Words, single digits and punctuation, one id each: enough for the builder's arithmetic."""
+
+  def __init__(self):
+    self.vocab = {}
+
+  def __call__(self, text):
+    words = re.findall(r"[A-Za-z]+|\d|[^\w\s]", text)
+    return {"input_ids": [self.vocab.setdefault(w, len(self.vocab)) for w in words]}
+
+  def decode(self, ids, skip_special_tokens=True):
+    inv = {i: w for w, i in self.vocab.items()}
+    return "".join(inv[i] for i in ids)
+
+
+@pytest.mark.parametrize("n,depth", [(300, 0.0), (1000, 0.5), (2000, 1.0), (777, None)])
+def test_passkey_prompt(n, depth):
+  tok = WordTokenizer()
+  ids, answer = make_passkey_prompt(tok, n, depth=depth, seed=3)
+  per = len(tok(passkey.FILLER)["input_ids"])
+  assert n - per < ids.size <= n and ids.dtype == np.int32
+  assert 1 <= int(answer) <= 50000
+  text = tok.decode(ids.tolist())
+  assert text.startswith(tok.decode(tok(passkey.TASK)["input_ids"]))
+  assert text.endswith(tok.decode(tok(passkey.QUESTION)["input_ids"]))
+  at = text.index(tok.decode(tok(passkey.key_line(int(answer)))["input_ids"]))
+  if depth is not None:  # the share of filler sentences before the key line
+    assert abs(text[:at].count("grass") / text.count("grass") - depth) < 0.05
+  again, answer2 = make_passkey_prompt(tok, n, depth=depth, seed=3)
+  assert answer2 == answer and np.array_equal(again, ids)
+  assert passkey.answer_token_count(tok, answer) == len(answer)
+  assert passkey.is_correct(tok, tok(answer)["input_ids"], answer)
+  assert not passkey.is_correct(tok, tok(answer[:-1] + "x")["input_ids"], answer)
+
+
+def test_passkey_prompt_too_short():
+  with pytest.raises(ValueError, match="no room"):
+    make_passkey_prompt(WordTokenizer(), 20)
+
+
+def test_launch_generate_has_selfextend_mode():
+  from launch import generate as launch_generate
+  assert "selfextend" in launch_generate.MODES

@@ -1,0 +1,156 @@
+r"""SelfExtend on the real SmolLM2-135M (trained context 8192): memory, time, passkey.
+
+  .venv/bin/python bench/selfextend.py speed --lengths=16384,32768,65536
+  .venv/bin/python bench/selfextend.py passkey --lengths=16384,32768 --seeds=3 \
+      [--plain_lengths=16384]
+
+speed: one prefill forward over Shakespeare tokens, logits at the last position
+only, in a fresh subprocess per length; reports peak RSS (ru_maxrss of that
+process: model load, compilation and the forward) and compile / run seconds.
+passkey: the official protocol (focus_jax.eval.passkey): prompt of the given
+length, greedy decoding of exactly as many tokens as the answer (KV cache,
+SelfExtend in prefill and decoding), exact match; the plain model (no
+SelfExtend, positions past its 8192 window) for comparison.
+
+G defaults to the smallest covering group size (focus_jax.selfextend); W to
+1024. Every child prints one JSON line; the parent ends with one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load():
+  import jax
+  from transformers import AutoTokenizer
+  from focus_jax import assets
+  from focus_jax.checkpoint.hf import load_hf
+  hf_dir = assets.smollm2_hf_dir()
+  cfg, params, _ = load_hf(hf_dir)
+  return cfg, jax.device_put(params), AutoTokenizer.from_pretrained(hf_dir)
+
+
+def _rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _setting(cfg, n, args):
+  from focus_jax.selfextend import resolve
+  se = resolve(cfg, n, args.group_size, args.neighbor_window)
+  return se.group_size, se.neighbor_window
+
+
+def child_speed(args):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from focus_jax import assets
+  from focus_jax.model import forward
+  n = args.length
+  cfg, params, tok = _load()
+  ids = tok(assets.shakespeare_text(n_chars=n * 6))["input_ids"]
+  if len(ids) < n:
+    raise SystemExit(f"not enough text for {n} tokens")
+  ids = jnp.asarray(np.asarray(ids[:n], np.int32)[None])
+  se = _setting(cfg, n, args) if args.mode == "selfextend" else None
+
+  def f(params, ids):
+    pos = jnp.arange(ids.shape[1])[None]
+    return forward(params, cfg, ids, pos, selfextend=se, logits="last",
+                   block_q=args.block_q, block_k=args.block_k)["logits"]
+  t0 = time.time()
+  compiled = jax.jit(f).lower(params, ids).compile()
+  compile_s = time.time() - t0
+  t0 = time.time()
+  logits = np.asarray(compiled(params, ids))
+  run_s = time.time() - t0
+  print(json.dumps({"what": "speed", "mode": args.mode, "tokens": n, "selfextend": se,
+                    "block_q": args.block_q, "block_k": args.block_k, "compile_s": compile_s,
+                    "run_s": run_s, "tokens_per_s": n / run_s, "peak_rss_mib": _rss_mib(),
+                    "next_token": tok.decode([int(logits[0, -1].argmax())]),
+                    "finite": bool(np.isfinite(logits).all())}))
+
+
+def child_passkey(args):
+  from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
+  from focus_jax.generate import generate_plain
+  from focus_jax.selfextend import generate_selfextend
+  n = args.length
+  cfg, params, tok = _load()
+  for seed in range(args.seed0, args.seed0 + args.seeds):
+    ids, answer = make_passkey_prompt(tok, n, seed=seed)
+    steps = answer_token_count(tok, answer)
+    t0 = time.time()
+    if args.mode == "selfextend":
+      gen = generate_selfextend(params, cfg, ids, steps, group_size=args.group_size,
+                                neighbor_window=args.neighbor_window, stop_at_eos=False)
+      se = _setting(cfg, ids.size + steps, args)
+    else:
+      gen = generate_plain(params, cfg, ids, steps, stop_at_eos=False)
+      se = None
+    print(json.dumps({"what": "passkey", "mode": args.mode, "tokens": int(ids.size),
+                      "seed": seed, "selfextend": se, "answer": answer,
+                      "output": tok.decode(gen.tokens.tolist()),
+                      "correct": is_correct(tok, gen.tokens, answer),
+                      "seconds": time.time() - t0, "peak_rss_mib": _rss_mib()}), flush=True)
+
+
+def _run_child(what, length, mode, args):
+  cmd = [sys.executable, os.path.abspath(__file__), what, f"--child", f"--length={length}",
+         f"--mode={mode}", f"--neighbor_window={args.neighbor_window}",
+         f"--block_q={args.block_q}", f"--block_k={args.block_k}", f"--seeds={args.seeds}",
+         f"--seed0={args.seed0}"]
+  if args.group_size:
+    cmd.append(f"--group_size={args.group_size}")
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    sys.stderr.write(proc.stderr[-4000:])
+    raise SystemExit(f"child {what} {mode} {length} failed ({proc.returncode})")
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  for r in rows:
+    print(json.dumps(r), flush=True)
+  return rows
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("what", choices=["speed", "passkey"])
+  ap.add_argument("--lengths", default="16384,32768,65536")
+  ap.add_argument("--plain_lengths", default="", help="lengths also run with the plain model")
+  ap.add_argument("--group_size", type=int, default=None)
+  ap.add_argument("--neighbor_window", type=int, default=1024)
+  ap.add_argument("--block_q", type=int, default=512)
+  ap.add_argument("--block_k", type=int, default=512)
+  ap.add_argument("--seeds", type=int, default=3)
+  ap.add_argument("--seed0", type=int, default=0)
+  ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--length", type=int, help=argparse.SUPPRESS)
+  ap.add_argument("--mode", default="selfextend", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.child:
+    return (child_speed if args.what == "speed" else child_passkey)(args)
+  runs = [(int(n), "selfextend") for n in args.lengths.split(",") if n]
+  runs += [(int(n), "plain") for n in args.plain_lengths.split(",") if n]
+  rows = []
+  for n, mode in runs:
+    rows += _run_child(args.what, n, mode, args)
+  summary = {"what": args.what, "neighbor_window": args.neighbor_window,
+             "block_q": args.block_q, "block_k": args.block_k, "rows": rows}
+  if args.what == "passkey":
+    acc = {}
+    for r in rows:
+      acc.setdefault(f"{r['mode']}@{r['tokens']}", []).append(r["correct"])
+    summary["accuracy"] = {k: sum(v) / len(v) for k, v in acc.items()}
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()
