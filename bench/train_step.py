@@ -97,7 +97,7 @@ def main(argv):
 
   @jax.jit
   def forward(c, fz, b):
-    return task_losses(join_params(c, fz), cfg, b).mean()
+    return task_losses(join_params(c, fz), cfg, b)[0].mean()
   reps = config.accum
   first, wall, cpu = _timed(lambda: [forward(cand, frozen, mb) for _ in range(reps)][-1],
                             FLAGS.repeats)

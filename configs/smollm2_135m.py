@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct (embedded GGUF, converted) on the embedded Shakespeare plays.
 
-Sized for a 2-core CPU: windows of 512..1024 tokens, local window 256, chunk
+Sized for a 2-core CPU: windows of 512..768 tokens, local window 256, chunk
 sizes 64..256, one sample (both losses) per step. Convert the model first:
   python -m launch.convert --hf_model="$(python -c 'from focus_jax import assets;
       print(assets.smollm2_gguf())')" --out=out/smollm2
@@ -15,13 +15,13 @@ def get_config():
   c.data = "shakespeare:train"     # all plays but six (setup.SHAKESPEARE_EVAL)
   c.eval_data = "shakespeare:eval"
   c.min_len = 512
-  c.max_len = 1024
+  c.max_len = 768
   c.local_window = 256
   c.chunk_sizes = (64, 128, 256)
   c.fragment_max = 128             # F = min(128, S, m): keeps chunk rows short on a CPU
   c.span_min = 30
   c.loss_mix = "both"
-  c.steps = 300
+  c.steps = 90
   c.batch_size = 1
   c.accum = 1
   c.lr = 1e-4

@@ -85,19 +85,26 @@ def test_killed_and_resumed_run_repeats_the_uninterrupted_run(tmp_path, env):
 
 
 def _mesh_main(workdir):
-  """Subprocess body: the same 3 steps on one device and on a data:2,chunk:4 mesh."""
+  """Subprocess body: the same 3 steps on one device and on a data:2,chunk:4 mesh.
+
+  Batch 2 leaves 2 tasks per data shard for 4 chunk devices: each repeats all
+  of them (all_gather); batch 4 gives 4 tasks: each takes one (all_to_all).
+  """
   from configs import tiny
   from focus_jax.train.loop import read_metrics, train
   out = {}
-  for mesh in ("", "data:2,chunk:4"):
+  for name, mesh, batch, accum, sizes in (("single", "", 2, 2, (16, 32)),
+                                          ("gather", "data:2,chunk:4", 2, 2, (16, 32)),
+                                          ("single_b4", "", 4, 1, (16,)),
+                                          ("split", "data:2,chunk:4", 4, 1, (16,))):
     c = tiny.get_config()
-    c.steps, c.batch_size, c.accum, c.checkpoint_every = 3, 2, 2, 1000
+    c.steps, c.batch_size, c.accum, c.checkpoint_every = 3, batch, accum, 1000
     c.tensorboard = c.export_model = False
-    c.chunk_sizes = (16, 32)
+    c.chunk_sizes = sizes
     c.mesh = mesh
-    wd = os.path.join(workdir, mesh or "single")
+    wd = os.path.join(workdir, name)
     train(c, wd)
-    out[mesh or "single"] = read_metrics(wd)
+    out[name] = read_metrics(wd)
   print("RESULT " + json.dumps(out))
 
 
@@ -112,8 +119,9 @@ def mesh_runs(tmp_path_factory, env):
   return json.loads(line[len("RESULT "):])
 
 
-def test_eight_device_data_chunk_mesh_equals_one_device(mesh_runs):
-  one, eight = mesh_runs["single"], mesh_runs["data:2,chunk:4"]
+@pytest.mark.parametrize("one,eight", [("single", "gather"), ("single_b4", "split")])
+def test_eight_device_data_chunk_mesh_equals_one_device(mesh_runs, one, eight):
+  one, eight = mesh_runs[one], mesh_runs[eight]
   assert len(one) == len(eight) == 3
   for a, b in zip(one, eight):
     assert a["data_crc"] == b["data_crc"]

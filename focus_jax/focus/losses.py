@@ -86,14 +86,18 @@ def local_losses(params: dict, cfg: ModelConfig, mem_k, mem_v, n_memory, local_t
 
 
 def task_losses(params: dict, cfg: ModelConfig, batch: dict, *, stop_gradient_prefix: bool = True,
-                gather_rows: Callable | None = None):
+                route: Callable | None = None):
   """Per-task losses of one micro-batch.
 
-  batch: chunk_tokens [N,T,R,C], chunk_valid, local_tokens
-  [N,T,Lq], local_valid, targets [N,T,K], n_memory [N,T] (data.pad_tasks).
-  gather_rows: optional function applied to the memory [L, N*T, R_local, ...]
-  to collect the rows of every device (an all_gather over the chunk axis).
-  Returns [N, T] float32.
+  batch: chunk_tokens [N,T,R,C], chunk_valid, local_tokens [N,T,Lq],
+  local_valid, targets [N,T,K], n_memory [N,T], kind [N,T] (data.pad_tasks).
+  route: optional `(mem_k, mem_v, local) -> (mem_k, mem_v, local)` applied
+  between the chunks and the local inputs, where mem_k, mem_v are
+  [L, N*T, R, KV, hd] and `local` holds the per-task arrays flattened to N*T
+  (n_memory, local_tokens, local_valid, targets, kind); under shard_map it
+  collects the memory rows of the other chunk devices and may keep a share
+  of the tasks.
+  Returns (ce [M] float32, kind [M]) for the M tasks kept (N*T without route).
   """
   n, t, r, c = batch["chunk_tokens"].shape
   mk, mv = candidate_memory(params, cfg, batch["chunk_tokens"].reshape(n * t * r, c),
@@ -101,14 +105,13 @@ def task_losses(params: dict, cfg: ModelConfig, batch: dict, *, stop_gradient_pr
                             stop_gradient_prefix=stop_gradient_prefix)
   mk = mk.reshape(mk.shape[0], n * t, r, *mk.shape[2:])
   mv = mv.reshape(mv.shape[0], n * t, r, *mv.shape[2:])
-  if gather_rows is not None:
-    mk, mv = gather_rows(mk), gather_rows(mv)
-  lq = batch["local_tokens"].shape[-1]
-  ce = local_losses(params, cfg, mk, mv, batch["n_memory"].reshape(n * t),
-                    batch["local_tokens"].reshape(n * t, lq),
-                    batch["local_valid"].reshape(n * t, lq),
-                    batch["targets"].reshape(n * t, -1))
-  return ce.reshape(n, t)
+  local = {k: batch[k].reshape((n * t,) + batch[k].shape[2:])
+           for k in ("n_memory", "local_tokens", "local_valid", "targets", "kind")}
+  if route is not None:
+    mk, mv, local = route(mk, mv, local)
+  ce = local_losses(params, cfg, mk, mv, local["n_memory"], local["local_tokens"],
+                    local["local_valid"], local["targets"])
+  return ce, local["kind"]
 
 
 def loss_sums(ce, kind) -> dict:
@@ -118,13 +121,4 @@ def loss_sums(ce, kind) -> dict:
     sel = kind == i
     out[f"{name}_sum"] = jnp.where(sel, ce, 0.0).sum()
     out[f"{name}_count"] = sel.sum().astype(jnp.float32)
-  return out
-
-
-def mean_losses(sums: dict) -> dict:
-  """loss, loss_continuation, loss_repetition (NaN for a kind with no task)."""
-  out = {"loss": sums["loss_sum"] / jnp.maximum(sums["count"], 1.0)}
-  for name in ("continuation", "repetition"):
-    cnt = sums[f"{name}_count"]
-    out[f"loss_{name}"] = jnp.where(cnt > 0, sums[f"{name}_sum"] / jnp.maximum(cnt, 1.0), jnp.nan)
   return out

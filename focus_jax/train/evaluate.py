@@ -53,8 +53,8 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None)
 
   @jax.jit
   def losses(p, b):
-    with_mem = task_losses(p, cfg, b)
-    no_mem = task_losses(p, cfg, dict(b, n_memory=b["n_memory"] * 0))
+    with_mem, _ = task_losses(p, cfg, b)
+    no_mem, _ = task_losses(p, cfg, dict(b, n_memory=b["n_memory"] * 0))
     return with_mem, no_mem
   ce, ce0, kinds = [], [], []
   for _ in range(n_samples):

@@ -7,12 +7,14 @@ shard_map each device:
   1. runs its rows (prefix without gradient, candidates with gradient),
   2. all-gathers the memory over `chunk`, so every device of a chunk group
      holds the tasks' whole memory,
-  3. runs the local inputs and the loss (repeated on the chunk group),
+  3. runs the local inputs and the loss: when the chunk group's tasks divide
+     evenly, each device takes a share of them and receives all rows of its
+     tasks (all_to_all); otherwise every device of the group repeats all of
+     them (all_gather) and its loss counts 1 / group size,
   4. accumulates gradients over the A micro-batches (a scan), and
   5. sums gradients over all devices (psum) and loss sums over `data`.
-The objective of a device is its tasks' loss sum / (tasks per step * chunk
-group size), so the summed gradient is that of the mean task loss: the
-all-gather's transpose adds the chunk group's identical cotangents.
+The summed gradient is that of the mean task loss: the transposes of
+all_to_all / all_gather return each memory row's cotangent to its device.
 Only the candidate projections and their AdamW state are in TrainState; the
 frozen model is a separate, replicated argument with no optimiser state.
 """
@@ -81,30 +83,44 @@ def make_train_step(cfg: ModelConfig, mesh, tx: optax.GradientTransformation,
   axes = tuple(a for a in ("data", "chunk") if a in mesh.axis_names)
   data_axes = tuple(a for a in ("data",) if a in mesh.axis_names)
 
-  def gather(x):
-    if "chunk" not in mesh.axis_names:
-      return x
-    return jax.lax.all_gather(x, "chunk", axis=2, tiled=True)
+  def split_route(mk, mv, local):
+    """Task share j of the chunk group gets every row of its tasks (all_to_all)."""
+    j = jax.lax.axis_index("chunk")
+    per = local["kind"].shape[0] // chunk_n
+    a2a = lambda x: jax.lax.all_to_all(x, "chunk", split_axis=1, concat_axis=2, tiled=True)
+    share = {k: jax.lax.dynamic_slice_in_dim(v, j * per, per, 0) for k, v in local.items()}
+    return a2a(mk), a2a(mv), share
+
+  def gather_route(mk, mv, local):
+    """Every device of the chunk group gets all rows of all its tasks (all_gather)."""
+    gather = lambda x: jax.lax.all_gather(x, "chunk", axis=2, tiled=True)
+    return gather(mk), gather(mv), local
 
   def device_grads(cand, frozen, batch):
+    tasks_here = batch["kind"].shape[1] * batch["kind"].shape[2]
+    split = chunk_n > 1 and tasks_here % chunk_n == 0
+    route = split_route if split else (gather_route if chunk_n > 1 else None)
+    # With all_gather the chunk group repeats the same tasks: count them once.
+    repeats = chunk_n if route is gather_route else 1
+    sum_axes = axes if split else data_axes
+
     def objective(c, mb):
-      ce = task_losses(join_params(c, frozen), cfg, mb, stop_gradient_prefix=stop_gradient_prefix,
-                       gather_rows=gather)
-      return ce.sum() / (tasks_per_step * chunk_n), ce
+      ce, kind = task_losses(join_params(c, frozen), cfg, mb,
+                             stop_gradient_prefix=stop_gradient_prefix, route=route)
+      return ce.sum() / (tasks_per_step * repeats), (ce, kind)
 
     def micro(carry, mb):
-      (_, ce), g = jax.value_and_grad(objective, has_aux=True)(cand, mb)
-      sums = loss_sums(ce, mb["kind"])
-      return jax.tree.map(jnp.add, carry, (g, sums)), None
+      (_, (ce, kind)), g = jax.value_and_grad(objective, has_aux=True)(cand, mb)
+      return jax.tree.map(jnp.add, carry, (g, loss_sums(ce, kind))), None
 
-    zero_sums = jax.tree.map(lambda x: jnp.zeros_like(x), loss_sums(
-        jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.int32)))
+    zero_sums = loss_sums(jnp.zeros((1,), jnp.float32), jnp.full((1,), -1, jnp.int32))
+    zero_sums = jax.tree.map(jnp.zeros_like, zero_sums)
     init = (jax.tree.map(jnp.zeros_like, cand), zero_sums)
     (g, sums), _ = jax.lax.scan(micro, init, batch)
     if axes:
       g = jax.lax.psum(g, axes)
-    if data_axes:
-      sums = jax.lax.psum(sums, data_axes)
+    if sum_axes:
+      sums = jax.lax.psum(sums, sum_axes)
     return g, sums
 
   def step(state: TrainState, frozen: dict, batch: dict):
