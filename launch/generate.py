@@ -68,22 +68,23 @@ flags.DEFINE_integer("min_focus_len", 4096, "focus: shorter prompts run the plai
 flags.DEFINE_enum("focus_decode", "exact", ["exact", "fast"],
                   "focus: exact (official) or fast (memory frozen after prefill; approximate).")
 flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8' or 'data:2,chunk:4'.")
-flags.DEFINE_integer("chunk_batch", 4, "focus: chunk rows encoded per call (bounds memory).")
+flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
 
 
 def _run_focus(params, cfg, ids, sampler):
   from focus_jax.config import FocusConfig
   from focus_jax.focus.generate import generate_focus
   from focus_jax.model import add_candidate_params
-  from focus_jax.parallel import make_mesh
+  from focus_jax.parallel import axis_size, make_mesh
   fc = FocusConfig(chunk_size=FLAGS.chunk_size, local_window=FLAGS.local_window,
                    fragment_len=FLAGS.fragment_len, min_focus_len=FLAGS.min_focus_len)
   if "candidate" not in params:
     logging.warning("checkpoint has no candidate projections; using untrained copies of q/k/v/o")
     params = add_candidate_params(params, fc.candidate_projs)
+  mesh = make_mesh(FLAGS.mesh)
   return generate_focus(params, cfg, ids, FLAGS.max_new_tokens, sampler, focus=fc,
-                        decode=FLAGS.focus_decode, mesh=make_mesh(FLAGS.mesh),
-                        chunk_batch=FLAGS.chunk_batch, progress=True,
+                        decode=FLAGS.focus_decode, mesh=mesh,
+                        chunk_batch=FLAGS.chunk_batch * axis_size(mesh, "chunk"), progress=True,
                         stop_at_eos=not FLAGS.ignore_eos)
 
 

@@ -97,6 +97,17 @@ def test_exact_generation_matches_reference(params, case):
   assert gen.tokens.tolist() == ref.argmax(-1).tolist()
 
 
+def test_blockwise_attention_paths_match_reference(params):
+  """Small attention blocks: multi-block chunk rows, caches, memory prefix and left padding."""
+  x = prompt(90, seed=8)
+  blocks = (("block_q", 8), ("block_k", 8), ("dense_max", 0))
+  for decode in ("exact", "fast"):
+    gen = generate_focus(params, TINY, x, 4, focus=FC, decode=decode, attn=blocks)
+    ref = reference_focus(params, TINY, x, S, WL, F, gen.tokens[:-1],
+                          frozen_memory=decode == "fast")
+    np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
+
+
 def test_fast_mode_is_frozen_memory(params):
   x = prompt(90, seed=3)
   gen = generate_focus(params, TINY, x, STEPS, focus=FC, chunk_batch=2, decode="fast")

@@ -45,11 +45,12 @@ def _left_pad(seq: Sequence[int], length: int):
 
 
 class _Clock:
-  """Optional wall-clock laps (blocking on the given array) into a dict."""
+  """Optional laps (blocking on the given array) into a dict: wall seconds under
+  `key` and process CPU seconds (all threads) under `key + "_cpu"`."""
 
   def __init__(self, out):
     self.out = out
-    self.start = self.last = time.perf_counter()
+    self.start = self.last = (time.perf_counter(), time.process_time())
 
   def record(self, key, value):
     if self.out is not None:
@@ -59,13 +60,14 @@ class _Clock:
     if self.out is None:
       return
     jax.block_until_ready(array)
-    now = time.perf_counter()
-    dt = now - (self.start if since_start else self.last)
+    now = (time.perf_counter(), time.process_time())
+    ref = self.start if since_start else self.last
     self.last = now
-    if key == "steps":
-      self.out.setdefault("steps", []).append(dt)
-    else:
-      self.out[key] = dt
+    for name, dt in ((key, now[0] - ref[0]), (key + "_cpu", now[1] - ref[1])):
+      if key == "steps":
+        self.out.setdefault(name, []).append(dt)
+      else:
+        self.out[name] = dt
 
 
 def encode_chunks(params, cfg: ModelConfig, plan: ChunkPlan, mesh, chunk_batch: int, *,
@@ -103,18 +105,21 @@ def encode_chunks(params, cfg: ModelConfig, plan: ChunkPlan, mesh, chunk_batch: 
 
 def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,
                    sampler: Sampler = Sampler(), *, focus: FocusConfig = FocusConfig(),
-                   decode: str = "exact", mesh=None, chunk_batch: int = 4,
+                   decode: str = "exact", mesh=None, chunk_batch: int = 1,
                    progress: bool = False, stop_at_eos: bool = True, eos_ids=None,
                    attn: tuple = (), timings: dict | None = None) -> Generation:
   """Generates up to max_new_tokens after `prompt` (ids used as given) with FocusLLM.
 
   params must hold `candidate` projections (add_candidate_params). mesh: a
   jax Mesh (default: one device); chunk_batch: chunk rows encoded per call,
-  rounded up to a multiple of the chunk-axis size (bounds prefill memory).
+  rounded up to a multiple of the chunk-axis size. Small batches bound the
+  prefill memory and waste nothing on padding rows (trailing all-padding
+  batches are skipped); on CPU one row per device is as fast per row as more.
   Returns a Generation: tokens [steps] and float32 logits [steps, vocab],
   row 0 predicting the token after the prompt. `timings`, when given, is
   filled with wall seconds: chunks (encoding), prefill (to the first logits),
-  steps (one per later token) and the plan's n_chunks / n_rows.
+  steps (one per later token), the same with a `_cpu` suffix in process CPU
+  seconds, and the plan's n_chunks / n_rows.
   """
   prompt = np.asarray(prompt)
   if prompt.ndim != 1 or prompt.size == 0:
