@@ -7,10 +7,12 @@ latency, per-token cost and fast-vs-exact agreement.
 Every measurement runs in a fresh subprocess (peak RSS is that process's
 ru_maxrss). Each one measures the machine's matmul peak (a jitted
 2048x2048 float32 matmul) before and after, and reports the chunk encoding's
-model FLOP rate as a fraction of it. Compilation time (summed from JAX's
-backend-compile events) is reported apart and taken out of the timings the
-ratios t(2L)/t(L) use. Prompts: Shakespeare text (scaling) and official
-passkey prompts (first call, agreement). The candidate projections are
+model FLOP rate as a fraction of it, per wall second and per process CPU
+second (the latter is robust to other processes sharing the cores).
+Compilation time (summed from JAX's trace/lower/compile events) is reported
+apart and taken out of the wall timings the ratios t(2L)/t(L) use; CPU-second
+figures include it. Prompts: Shakespeare text (scaling) and official passkey
+prompts (first call, agreement). The candidate projections are
 untrained copies of q/k/v/o unless the checkpoint has trained ones; timings
 do not depend on it, agreement figures do. The last output line is one JSON
 object with every figure.
