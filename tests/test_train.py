@@ -136,3 +136,22 @@ def test_paper_config_traces_at_full_size():
   new_state, metrics = jax.eval_shape(step, state, frozen, batch)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert new_state.params["q"].shape == (32, 4096, 4096) and metrics["loss_sum"].shape == ()
+
+
+def test_loss_curve_window_means(tmp_path, capsys):
+  from focus_jax.train import metrics
+  rows = [{"step": 3, "loss": 5.0, "loss_repetition": 5.0},
+          {"step": 1, "loss": 1.0, "loss_continuation": 1.0},
+          {"step": 2, "loss": "nan", "loss_continuation": 3.0},
+          {"step": 4, "loss": 2.0}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(__import__("json").dumps(r) + "\n" for r in rows) + '{"step": 5, "lo')
+  curve = metrics.loss_curve(metrics.read_metrics(str(tmp_path)), window=2)
+  # Sorted by step; windows {1, 2} and {3, 4}; "nan" and the cut last line skipped.
+  assert curve == [{"first_step": 1, "last_step": 2, "loss": 1.0, "loss_continuation": 2.0},
+                   {"first_step": 3, "last_step": 4, "loss": 3.5, "loss_repetition": 5.0}]
+  metrics.main([str(tmp_path), "--window=3"])
+  table = capsys.readouterr().out.splitlines()
+  assert table[2] == "| 1-3 | 3.000 | 2.000 | 5.000 |" and table[3] == "| 4-4 | 2.000 | - | - |"
+  with pytest.raises(ValueError, match="window"):
+    metrics.loss_curve(rows, 0)

@@ -12,7 +12,6 @@ non-finite loss raises NonFiniteLoss before anything of that step is saved.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ from focus_jax import parallel
 from focus_jax.focus.losses import join_params, split_params
 from focus_jax.train import setup
 from focus_jax.train.checkpoints import TrainCheckpoints
-from focus_jax.train.metrics import MetricsWriter, Stopwatch
+from focus_jax.train.metrics import MetricsWriter, Stopwatch, read_metrics  # noqa: F401
 from focus_jax.train.optim import make_optimizer, make_schedule
 from focus_jax.train.step import init_state, make_train_step, place_batch
 
@@ -185,7 +184,3 @@ def _count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The rows of WORKDIR/metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(ln) for ln in f if ln.strip()]

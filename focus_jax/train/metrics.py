@@ -112,3 +112,58 @@ class Stopwatch:
     now = time.perf_counter()
     dt, self.t = now - self.t, now
     return dt
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl (a line cut by a kill is skipped)."""
+  rows = []
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    for ln in f:
+      if ln.strip():
+        try:
+          rows.append(json.loads(ln))
+        except ValueError:
+          continue
+  return rows
+
+
+def loss_curve(rows: list[dict], window: int,
+               keys=("loss", "loss_continuation", "loss_repetition")) -> list[dict]:
+  """Means of `keys` over consecutive windows of `window` steps (the loss curve).
+
+  One-token losses are noisy step to step; window means show the trend.
+  Non-finite values (written as strings) and missing keys are skipped.
+  """
+  if window < 1:
+    raise ValueError(f"window must be >= 1, got {window}")
+  out = []
+  rows = sorted(rows, key=lambda r: r["step"])
+  for i in range(0, len(rows), window):
+    part = rows[i:i + window]
+    row = {"first_step": part[0]["step"], "last_step": part[-1]["step"]}
+    for k in keys:
+      vals = [r[k] for r in part if isinstance(r.get(k), (int, float))]
+      if vals:
+        row[k] = sum(vals) / len(vals)
+    out.append(row)
+  return out
+
+
+def main(argv=None):
+  """python -m focus_jax.train.metrics WORKDIR [--window=N]: the loss curve of a run."""
+  import argparse
+  ap = argparse.ArgumentParser(description=main.__doc__)
+  ap.add_argument("workdir")
+  ap.add_argument("--window", type=int, default=50)
+  args = ap.parse_args(argv)
+  curve = loss_curve(read_metrics(args.workdir), args.window)
+  print("| steps | loss | continuation | repetition |\n|---|---|---|---|")
+  fmt = lambda r, k: f"{r[k]:.3f}" if k in r else "-"
+  for r in curve:
+    print(f"| {r['first_step']}-{r['last_step']} | {fmt(r, 'loss')} | "
+          f"{fmt(r, 'loss_continuation')} | {fmt(r, 'loss_repetition')} |")
+  print(json.dumps(curve))
+
+
+if __name__ == "__main__":
+  main()
