@@ -2,7 +2,8 @@ r"""FocusLLM inference on SmolLM2-135M: scaling with the input length, first-cal
 latency, per-token cost and fast-vs-exact agreement.
 
   python bench/focus_scaling.py [--lengths=8192,16384,32768,65536,131072] \
-      [--plain_max=16384] [--chunk_size=1024 --local_window=1024] [--new_tokens=8]
+      [--plain_max=16384] [--chunk_size=1024 --local_window=1024] [--new_tokens=8] \
+      [--min_focus_len=4096]
 
 Every measurement runs in a fresh subprocess (peak RSS is that process's
 ru_maxrss). Each one measures the machine's matmul peak (a jitted
@@ -35,6 +36,8 @@ flags.DEFINE_integer("chunk_size", 1024, "S.")
 flags.DEFINE_integer("local_window", 1024, "Wl.")
 flags.DEFINE_integer("fragment_len", 512, "Fragment length cap.")
 flags.DEFINE_integer("chunk_batch", 1, "Chunk rows per encoding call.")
+flags.DEFINE_integer("min_focus_len", 4096, "T: shorter prompts would run the plain model "
+                     "(an error here).")
 flags.DEFINE_integer("new_tokens", 8, "Tokens generated after the prefill.")
 flags.DEFINE_integer("first_call_len", 6000, "Prompt length of the first-call timing (0: skip).")
 flags.DEFINE_integer("agreement_seeds", 5, "Passkey prompts for fast-vs-exact agreement (0: skip).")
@@ -69,6 +72,7 @@ def main(argv):
     print(json.dumps(work(json.loads(FLAGS.worker))), flush=True)
     return
   common = dict(S=FLAGS.chunk_size, Wl=FLAGS.local_window, F=FLAGS.fragment_len,
+                T=FLAGS.min_focus_len,
                 chunk_batch=FLAGS.chunk_batch, checkpoint=FLAGS.checkpoint, dtype=FLAGS.dtype)
   results = {"settings": {**common, "new_tokens": FLAGS.new_tokens}, "focus": {}, "plain": {}}
   lengths = sorted(int(x) for x in FLAGS.lengths if x)

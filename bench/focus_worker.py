@@ -76,7 +76,7 @@ def chunk_flops(cfg, plan) -> float:
 def _focus_cfg(spec):
   from focus_jax.config import FocusConfig
   return FocusConfig(chunk_size=spec["S"], local_window=spec["Wl"], fragment_len=spec["F"],
-                     min_focus_len=4096)
+                     min_focus_len=spec.get("T", 4096))
 
 
 def _run_focus(cfg, params, ids, spec, steps, decode="exact"):
@@ -87,6 +87,10 @@ def _run_focus(cfg, params, ids, spec, steps, decode="exact"):
                        chunk_batch=spec["chunk_batch"], stop_at_eos=False, timings=tm)
   total, cpu = time.perf_counter() - t0, time.process_time() - c0
   comp = compile_s(t0)
+  if "chunks" not in tm:
+    raise ValueError(f"the {len(ids)}-token prompt ran the plain model (below min_focus_len "
+                     f"{_focus_cfg(spec).min_focus_len} or not longer than Wl); pass a smaller "
+                     "--min_focus_len or a longer prompt")
   mean = lambda k: float(np.mean(tm[k])) if tm.get(k) else None
   out = dict(total_s=total, cpu_s=cpu, compile_s=comp, warm_s=total - comp,
              chunks_s=tm["chunks"], chunks_cpu_s=tm["chunks_cpu"],

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--base", default="out/smollm2", help="focus_jax checkpoint of the base model")
-  ap.add_argument("--trained", required=True, help="focus_jax checkpoint with trained candidates")
+  ap.add_argument("--trained", help="focus_jax checkpoint with trained candidates (needed "
+                  "when --models has 'trained')")
   ap.add_argument("--lengths", default="1024,2048")
   ap.add_argument("--seeds", type=int, default=5)
   ap.add_argument("--chunk_size", type=int, default=256)
@@ -46,9 +47,16 @@ def main():
 
   cfg, base, extras = load_checkpoint(args.base)
   tok = AutoTokenizer.from_pretrained(extras["tokenizer_dir"])
-  _, trained, _ = load_checkpoint(args.trained)
-  if "candidate" not in trained:
-    raise SystemExit(f"{args.trained} has no candidate projections")
+  models = args.models.split(",")
+  if unknown := set(models) - {"plain", "initial", "trained"}:
+    raise SystemExit(f"--models: unknown {sorted(unknown)}; choose from plain, initial, trained")
+  trained = None
+  if "trained" in models:
+    if not args.trained:
+      raise SystemExit("--trained is needed when --models has 'trained'")
+    _, trained, _ = load_checkpoint(args.trained)
+    if "candidate" not in trained:
+      raise SystemExit(f"{args.trained} has no candidate projections")
   initial = add_candidate_params({k: v for k, v in base.items() if k != "candidate"})
   focus = FocusConfig(chunk_size=args.chunk_size, local_window=args.local_window,
                       fragment_len=args.fragment_len, min_focus_len=0)
@@ -58,7 +66,7 @@ def main():
                                                stop_at_eos=False),
       "trained": lambda ids, n: generate_focus(trained, cfg, ids, n, focus=focus,
                                                stop_at_eos=False)}
-  runs = {k: v for k, v in runs.items() if k in args.models.split(",")}
+  runs = {k: v for k, v in runs.items() if k in models}
   correct = {name: {} for name in runs}
   for length in [int(x) for x in args.lengths.split(",")]:
     for seed in range(args.seeds):
