@@ -10,7 +10,8 @@ from focus_jax.config import ModelConfig
 from focus_jax.data import SampleSpec, TokenWindows, make_tasks, pad_tasks, synthetic_documents
 from focus_jax.focus.losses import join_params, split_params, task_losses
 from focus_jax.model import add_candidate_params, init_params
-from focus_jax.train.loop import NonFiniteLoss, read_metrics, train
+from focus_jax.train.loop import NonFiniteLoss, train
+from focus_jax.train.metrics import read_metrics
 from focus_jax.train.optim import make_optimizer, make_schedule
 from focus_jax.train.step import init_state
 

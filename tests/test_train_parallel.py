@@ -91,7 +91,8 @@ def _mesh_main(workdir):
   of them (all_gather); batch 4 gives 4 tasks: each takes one (all_to_all).
   """
   from configs import tiny
-  from focus_jax.train.loop import read_metrics, train
+  from focus_jax.train.loop import train
+  from focus_jax.train.metrics import read_metrics
   out = {}
   for name, mesh, batch, accum, sizes in (("single", "", 2, 2, (16, 32)),
                                           ("gather", "data:2,chunk:4", 2, 2, (16, 32)),

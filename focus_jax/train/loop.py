@@ -25,7 +25,7 @@ from focus_jax import parallel
 from focus_jax.focus.losses import join_params, split_params
 from focus_jax.train import setup
 from focus_jax.train.checkpoints import TrainCheckpoints
-from focus_jax.train.metrics import MetricsWriter, Stopwatch, read_metrics  # noqa: F401
+from focus_jax.train.metrics import MetricsWriter, Stopwatch
 from focus_jax.train.optim import make_optimizer, make_schedule
 from focus_jax.train.step import init_state, make_train_step, place_batch
 
@@ -182,5 +182,3 @@ def export_model(config, workdir: str, model, candidate, frozen) -> str | None:
 
 def _count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
