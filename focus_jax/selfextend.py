@@ -16,7 +16,8 @@ from typing import Sequence
 from absl import logging
 
 from focus_jax.config import ModelConfig, SelfExtendConfig
-from focus_jax.generate import Generation, generate_plain
+from focus_jax.decoding import Generation, generate_plain
+from focus_jax.model import AttnOptions
 from focus_jax.sampling import Sampler
 
 # Group sizes the paper evaluates (2..64); beyond this the grouped positions are
@@ -68,7 +69,7 @@ def resolve(cfg: ModelConfig, total_len: int, group_size: int | None = None,
   return se
 
 
-def generate_selfextend(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,
+def generate_selfextend(model, prompt: Sequence[int], max_new_tokens: int,
                         sampler: Sampler = Sampler(), *, group_size: int | None = None,
                         neighbor_window: int = DEFAULT_NEIGHBOR_WINDOW,
                         stop_at_eos: bool = True, eos_ids=None) -> Generation:
@@ -78,9 +79,10 @@ def generate_selfextend(params, cfg: ModelConfig, prompt: Sequence[int], max_new
   each step rotates them with both position sets (see docs/RESULTS.md,
   SelfExtend, for the measurement behind that choice).
   """
+  cfg = model.config
   se = resolve(cfg, len(prompt) + max_new_tokens, group_size, neighbor_window)
   logging.info("SelfExtend: G=%d, W=%d (covers %d tokens)", se.group_size,
                se.neighbor_window, se.max_length(cfg.max_position_embeddings))
-  return generate_plain(params, cfg, prompt, max_new_tokens, sampler,
-                        selfextend=(se.group_size, se.neighbor_window),
+  return generate_plain(model, prompt, max_new_tokens, sampler,
+                        attn=AttnOptions(selfextend=(se.group_size, se.neighbor_window)),
                         stop_at_eos=stop_at_eos, eos_ids=eos_ids)

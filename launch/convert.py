@@ -33,11 +33,12 @@ def convert(hf_model: str, out: str, overwrite: bool, dtype: str):
   check_target(out, overwrite)  # fail before the (slow) load
   t0 = time.time()
   log.info("reading %s", hf_model)
-  cfg, params, hf_cfg = load_hf(hf_model, dtype=dtype)
+  model, hf_cfg = load_hf(hf_model, dtype=dtype)
+  cfg = model.config
   log.info("model: %d layers, hidden %d, %d heads / %d KV heads, vocab %d%s",
            cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
-           ", candidate projections" if "candidate" in params else "")
-  save_checkpoint(out, params, cfg, hf_cfg, tokenizer_src=hf_model,
+           ", candidate projections" if model.has_candidates else "")
+  save_checkpoint(out, model, hf_cfg, tokenizer_src=hf_model,
                   focus_config=read_focus_config(hf_model), overwrite=overwrite)
   log.info("wrote %s in %.1f s", out, time.time() - t0)
 

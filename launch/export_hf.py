@@ -30,9 +30,9 @@ def export(checkpoint: str, out: str, overwrite: bool):
   from focus_jax.checkpoint.orbax import load_checkpoint
   check_target(out, overwrite)
   t0 = time.time()
-  cfg, params, extras = load_checkpoint(checkpoint, as_numpy=True)
-  log.info("read %s (%d layers)", checkpoint, cfg.num_layers)
-  export_hf(params, cfg, extras["hf_config"], out, tokenizer_src_dir=extras["tokenizer_dir"],
+  model, extras = load_checkpoint(checkpoint, as_numpy=True)
+  log.info("read %s (%d layers)", checkpoint, model.config.num_layers)
+  export_hf(model, extras["hf_config"], out, tokenizer_src_dir=extras["tokenizer_dir"],
             focus_config=extras["focus_config"], overwrite=overwrite)
   log.info("wrote %s in %.1f s", out, time.time() - t0)
 

@@ -10,8 +10,8 @@ exactly as given, no BOS added). --logits_out writes float32 `logits`
 [steps, vocab] (row 0 predicts the token after the prompt, then one row per
 generated token) and int32 `tokens`.
 
-Modes are entries of MODES: each takes (params, cfg, ids, sampler) and returns
-a focus_jax.generate.Generation.
+Modes are entries of MODES: each takes (model, ids, sampler) and returns
+a focus_jax.decoding.Generation.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_boolean("ignore_eos", False, "Keep generating after an EOS token.")
 
 
-def _run_plain(params, cfg, ids, sampler):
-  from focus_jax.generate import generate_plain
-  return generate_plain(params, cfg, ids, FLAGS.max_new_tokens, sampler,
+def _run_plain(model, ids, sampler):
+  from focus_jax.decoding import generate_plain
+  return generate_plain(model, ids, FLAGS.max_new_tokens, sampler,
                         stop_at_eos=not FLAGS.ignore_eos)
 
 
@@ -51,16 +51,16 @@ flags.DEFINE_integer("group_size", None, "selfextend: group size G (default: the
 flags.DEFINE_integer("neighbor_window", 1024, "selfextend: neighbour window W.")
 
 
-def _run_selfextend(params, cfg, ids, sampler):
+def _run_selfextend(model, ids, sampler):
   from focus_jax.selfextend import generate_selfextend
-  return generate_selfextend(params, cfg, ids, FLAGS.max_new_tokens, sampler,
+  return generate_selfextend(model, ids, FLAGS.max_new_tokens, sampler,
                              group_size=FLAGS.group_size, neighbor_window=FLAGS.neighbor_window,
                              stop_at_eos=not FLAGS.ignore_eos)
 
 
 MODES["selfextend"] = _run_selfextend
 
-# --mode=focus: FocusLLM parallel decoding (focus_jax.focus.generate).
+# --mode=focus: FocusLLM parallel decoding (focus_jax.focus.inference).
 flags.DEFINE_integer("chunk_size", 2048, "focus: chunk size S (official memory_stride).")
 flags.DEFINE_integer("local_window", 3072, "focus: local window Wl.")
 flags.DEFINE_integer("fragment_len", 512, "focus: fragment length cap (F = min(this, S, Wl)).")
@@ -71,18 +71,18 @@ flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8' or 'data:2,c
 flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
 
 
-def _run_focus(params, cfg, ids, sampler):
+def _run_focus(model, ids, sampler):
   from focus_jax.config import FocusConfig
-  from focus_jax.focus.generate import generate_focus
-  from focus_jax.model import add_candidate_params
+  from focus_jax.focus.inference import generate_focus
+  from focus_jax.model import add_candidates
   from focus_jax.parallel import axis_size, make_mesh
   fc = FocusConfig(chunk_size=FLAGS.chunk_size, local_window=FLAGS.local_window,
                    fragment_len=FLAGS.fragment_len, min_focus_len=FLAGS.min_focus_len)
-  if "candidate" not in params:
+  if not model.has_candidates:
     logging.warning("checkpoint has no candidate projections; using untrained copies of q/k/v/o")
-    params = add_candidate_params(params, fc.candidate_projs)
+    add_candidates(model, fc.candidate_projs)
   mesh = make_mesh(FLAGS.mesh)
-  return generate_focus(params, cfg, ids, FLAGS.max_new_tokens, sampler, focus=fc,
+  return generate_focus(model, ids, FLAGS.max_new_tokens, sampler, focus=fc,
                         decode=FLAGS.focus_decode, mesh=mesh,
                         chunk_batch=FLAGS.chunk_batch * axis_size(mesh, "chunk"), progress=True,
                         stop_at_eos=not FLAGS.ignore_eos)
@@ -124,14 +124,14 @@ def main(argv):
     raise app.UsageError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODES)}")
   from focus_jax.checkpoint.orbax import load_checkpoint
   from focus_jax.sampling import Sampler
-  cfg, params, extras = load_checkpoint(FLAGS.checkpoint)
-  cfg = cfg.replace(compute_dtype=FLAGS.dtype)
+  model, extras = load_checkpoint(FLAGS.checkpoint)
+  model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
   tokenizer = load_tokenizer(extras.get("tokenizer_dir"))
   ids = _prompt_ids(tokenizer)
   sampler = Sampler(FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
   logging.info("prompt: %d tokens, mode=%s", ids.size, FLAGS.mode)
   t0 = time.time()
-  gen = MODES[FLAGS.mode](params, cfg, ids, sampler)
+  gen = MODES[FLAGS.mode](model, ids, sampler)
   dt = time.time() - t0
   logging.info("generated %d tokens in %.2f s", len(gen.tokens), dt)
   if FLAGS.logits_out:

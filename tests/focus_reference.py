@@ -1,24 +1,37 @@
 """A deliberately plain FocusLLM reference for the tests: Python loops over chunks,
-explicit token and position lists, one unbatched `forward` call per chunk input,
+explicit token and position lists, one unbatched model call per chunk input,
 everything recomputed from scratch at every generated token (FOCUSLLM.md).
 
 To keep the number of compilations small, each call's token list is padded on
 the RIGHT to a multiple of PAD_TO and the result is read at the last real
 token: attention is causal, so tokens after it cannot change it.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from focus_jax.config import ModelConfig
-from focus_jax.model import Prefix, add_candidate_params, forward, init_params
+from focus_jax.model import CandidateParam, LlamaForCausalLM, Prefix, add_candidates
 
 TINY = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2,
                    num_heads=4, num_kv_heads=2, head_dim=16, bos_token_id=5, eos_token_ids=())
 
 
 PAD_TO = 32
-_forward = jax.jit(forward, static_argnames=("cfg", "logits", "return_kv"))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "logits", "return_kv"))
+def _call(graphdef, state, tokens, positions, candidate_index=None, prefix=None, logits="all",
+          return_kv=False):
+  return nnx.merge(graphdef, state)(tokens, positions, candidate_index=candidate_index,
+                                    prefix=prefix, logits=logits, return_kv=return_kv)
+
+
+def _forward(model, tokens, positions, **kw):
+  return _call(*nnx.split(model), tokens, positions, **kw)
 
 
 def _padded(seq, positions):
@@ -28,31 +41,37 @@ def _padded(seq, positions):
           jnp.asarray([list(positions) + [positions[-1] + 1 + i for i in range(extra)]]))
 
 
-def tiny_params(cfg=TINY, seed=0):
-  """Random params with candidate projections that differ from the originals."""
-  params = add_candidate_params(init_params(cfg, jax.random.PRNGKey(seed), std=0.05))
-  cand = params["candidate"]
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(cand))
-  params["candidate"] = {name: w + 0.05 * jax.random.normal(k, w.shape)
-                         for (name, w), k in zip(sorted(cand.items()), keys)}
-  return params
+def perturb_candidates(model, seed: int, scale: float = 0.05):
+  """Adds noise to the candidate projections so that they differ from the originals."""
+  cand = nnx.state(model, CandidateParam)
+  leaves, tree = jax.tree.flatten(cand)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  nnx.update(model, jax.tree.unflatten(
+      tree, [w + scale * jax.random.normal(k, w.shape) for w, k in zip(leaves, keys)]))
+  return model
+
+
+def tiny_model(cfg=TINY, seed=0):
+  """A random model with candidate projections that differ from the originals."""
+  model = add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(seed), std=0.05))
+  return perturb_candidates(model, seed + 1)
 
 
 def _with_bos(seq, bos):
   return list(seq) if seq and seq[0] == bos else [bos] + list(seq)
 
 
-def candidate_kv(params, cfg, seq):
+def candidate_kv(model, seq):
   """Per-layer pre-RoPE K/V [L, KV, hd] of the last token of `seq` run as the candidate."""
   t = len(seq)
   tokens, positions = _padded(seq, list(range(t)))
-  out = _forward(params, cfg, tokens, positions, candidate_index=jnp.asarray([t - 1]),
+  out = _forward(model, tokens, positions, candidate_index=jnp.asarray([t - 1]),
                  logits=None, return_kv=True)
-  k, v = out["kv"]
+  k, v = out.kv
   return k[:, 0, t - 1], v[:, 0, t - 1]
 
 
-def local_logits(params, cfg, mem, local):
+def local_logits(model, mem, local):
   """Last-position logits of `local` after the memory entries (positions 0..n-1, n, ...)."""
   n = len(mem)
   k = jnp.stack([m[0] for m in mem], 1)[:, None]  # [L, 1, n, KV, hd]
@@ -60,11 +79,11 @@ def local_logits(params, cfg, mem, local):
   prefix = Prefix(k, v, jnp.asarray([list(range(n))]), jnp.full((1, n), -1),
                   jnp.ones((1, n), bool))
   tokens, positions = _padded(local, [n + i for i in range(len(local))])
-  out = _forward(params, cfg, tokens, positions, prefix=prefix)
-  return np.asarray(out["logits"][0, len(local) - 1], np.float32)
+  out = _forward(model, tokens, positions, prefix=prefix)
+  return np.asarray(out.logits[0, len(local) - 1], np.float32)
 
 
-def reference_focus(params, cfg, x, s, wl, frag_len, generated=(), frozen_memory=False):
+def reference_focus(model, x, s, wl, frag_len, generated=(), frozen_memory=False):
   """Logits [len(generated) + 1, V]: row t predicts the token after x ++ generated[:t].
 
   Chunk i's input at step t is chunk_i ++ q ++ generated[:t] with its last token
@@ -72,7 +91,7 @@ def reference_focus(params, cfg, x, s, wl, frag_len, generated=(), frozen_memory
   frozen_memory the memory of step 0 is reused at every step (fast mode).
   """
   x = [int(a) for a in x]
-  bos = cfg.bos_token_id
+  bos = model.config.bos_token_id
   big_l = len(x)
   mem_text, local = x[:big_l - wl], x[big_l - wl:]
   f = min(frag_len, s, wl)
@@ -84,19 +103,19 @@ def reference_focus(params, cfg, x, s, wl, frag_len, generated=(), frozen_memory
     if frozen_memory and mem0 is not None:
       mem = mem0
     else:
-      mem = [candidate_kv(params, cfg, chunk + q + gen) for chunk in chunks]
+      mem = [candidate_kv(model, chunk + q + gen) for chunk in chunks]
       mem0 = mem
-    rows.append(local_logits(params, cfg, mem, _with_bos(local, bos) + gen))
+    rows.append(local_logits(model, mem, _with_bos(local, bos) + gen))
   return np.stack(rows)
 
 
-def reference_plain(params, cfg, x, generated=()):
+def reference_plain(model, x, generated=()):
   """The plain model on BOS ++ x (BOS only when x[0] != BOS), recomputed per step."""
-  seq = _with_bos([int(a) for a in x], cfg.bos_token_id)
+  seq = _with_bos([int(a) for a in x], model.config.bos_token_id)
   rows = []
   for t in range(len(generated) + 1):
     s = seq + [int(a) for a in generated[:t]]
     tokens, positions = _padded(s, list(range(len(s))))
-    out = _forward(params, cfg, tokens, positions)
-    rows.append(np.asarray(out["logits"][0, len(s) - 1], np.float32))
+    out = _forward(model, tokens, positions)
+    rows.append(np.asarray(out.logits[0, len(s) - 1], np.float32))
   return np.stack(rows)

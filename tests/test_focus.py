@@ -5,14 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focus_reference import TINY, reference_focus, reference_plain, tiny_params
+from flax import nnx
+from focus_reference import TINY, reference_focus, reference_plain, tiny_model
 
 from focus_jax.config import FocusConfig
+from focus_jax.decoding import generate_plain
 from focus_jax.focus import core
-from focus_jax.focus.generate import generate_focus
+from focus_jax.focus.inference import generate_focus
+from focus_jax.focus.losses import split_model
 from focus_jax.focus.plan import bucket_count, make_plan, shard_order
-from focus_jax.generate import generate_plain
-from focus_jax.model import forward, init_params
+from focus_jax.model import AttnOptions, LlamaForCausalLM
 
 S, WL, F, T = 16, 24, 8, 40
 FC = FocusConfig(chunk_size=S, local_window=WL, fragment_len=F, min_focus_len=T)
@@ -21,8 +23,8 @@ STEPS = 6   # prefill + 5 generated tokens
 
 
 @pytest.fixture(scope="module")
-def params():
-  return tiny_params()
+def model():
+  return tiny_model()
 
 
 def prompt(length, seed=0, bos_at=()):
@@ -87,101 +89,102 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_exact_generation_matches_reference(params, case):
+def test_exact_generation_matches_reference(model, case):
   kw = CASES[case]
   x = prompt(kw["length"], seed=len(case), bos_at=kw.get("bos_at", ()))
-  gen = generate_focus(params, TINY, x, STEPS, focus=FC, chunk_batch=2)
+  gen = generate_focus(model, x, STEPS, focus=FC, chunk_batch=2)
   assert gen.logits.shape == (STEPS, TINY.vocab_size) and gen.logits.dtype == np.float32
-  ref = reference_focus(params, TINY, x, S, WL, F, gen.tokens[:-1])
+  ref = reference_focus(model, x, S, WL, F, gen.tokens[:-1])
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
   assert gen.tokens.tolist() == ref.argmax(-1).tolist()
 
 
-def test_blockwise_attention_paths_match_reference(params):
+def test_blockwise_attention_paths_match_reference(model):
   """Small attention blocks: multi-block chunk rows, caches, memory prefix and left padding."""
   x = prompt(90, seed=8)
-  blocks = (("block_q", 8), ("block_k", 8), ("dense_max", 0))
+  blocks = AttnOptions(block_q=8, block_k=8, dense_max=0)
   for decode in ("exact", "fast"):
-    gen = generate_focus(params, TINY, x, 4, focus=FC, decode=decode, attn=blocks)
-    ref = reference_focus(params, TINY, x, S, WL, F, gen.tokens[:-1],
+    gen = generate_focus(model, x, 4, focus=FC, decode=decode, attn=blocks)
+    ref = reference_focus(model, x, S, WL, F, gen.tokens[:-1],
                           frozen_memory=decode == "fast")
     np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
 
 
-def test_fast_mode_is_frozen_memory(params):
+def test_fast_mode_is_frozen_memory(model):
   x = prompt(90, seed=3)
-  gen = generate_focus(params, TINY, x, STEPS, focus=FC, chunk_batch=2, decode="fast")
-  ref = reference_focus(params, TINY, x, S, WL, F, gen.tokens[:-1], frozen_memory=True)
+  gen = generate_focus(model, x, STEPS, focus=FC, chunk_batch=2, decode="fast")
+  ref = reference_focus(model, x, S, WL, F, gen.tokens[:-1], frozen_memory=True)
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
-  exact = generate_focus(params, TINY, x, 1, focus=FC, chunk_batch=2)
+  exact = generate_focus(model, x, 1, focus=FC, chunk_batch=2)
   np.testing.assert_allclose(gen.logits[0], exact.logits[0], atol=1e-6, rtol=0)
 
 
-def test_chunk_batch_does_not_change_results(params):
+def test_chunk_batch_does_not_change_results(model):
   x = prompt(90, seed=4)
-  a = generate_focus(params, TINY, x, 3, focus=FC, chunk_batch=1)
-  b = generate_focus(params, TINY, x, 3, focus=FC, chunk_batch=2, progress=True)
+  a = generate_focus(model, x, 3, focus=FC, chunk_batch=1)
+  b = generate_focus(model, x, 3, focus=FC, chunk_batch=2, progress=True)
   np.testing.assert_allclose(a.logits, b.logits, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("bos_first", [False, True])
-def test_below_threshold_is_plain_model(params, bos_first):
+def test_below_threshold_is_plain_model(model, bos_first):
   x = prompt(T - 1, seed=5, bos_at=(0,) if bos_first else ())
-  gen = generate_focus(params, TINY, x, STEPS, focus=FC)
-  ref = reference_plain(params, TINY, x, gen.tokens[:-1])
+  gen = generate_focus(model, x, STEPS, focus=FC)
+  ref = reference_plain(model, x, gen.tokens[:-1])
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
-  plain = generate_plain(params, TINY, x if bos_first else np.concatenate([[BOS], x]), STEPS)
+  plain = generate_plain(model, x if bos_first else np.concatenate([[BOS], x]), STEPS)
   assert gen.tokens.tolist() == plain.tokens.tolist()
 
 
-def test_candidate_gradient_with_stopped_prefix_is_exact(params):
+def test_candidate_gradient_with_stopped_prefix_is_exact(model):
   """Training use: prefix under stop_gradient + candidate step + local = full gradient."""
   x = prompt(50, seed=6)
   rows = jnp.asarray(np.stack([x[:20], x[20:40]]))           # two chunk rows, candidate last
   valid = jnp.ones(rows.shape, bool)
   local = jnp.asarray(x[40:])
 
+  graphdef, cand, frozen = split_model(model)
+
   def loss_split(cand):
-    p = {**params, "candidate": cand}
-    cache = jax.lax.stop_gradient(core.chunk_prefix(p, TINY, rows, valid, rows.shape[1]))
-    mk, mv, same = core.chunk_step(p, TINY, cache, rows[:, -1:], valid[:, -1:])
+    m = nnx.merge(graphdef, cand, frozen)
+    cache = jax.lax.stop_gradient(core.chunk_prefix(m, rows, valid, rows.shape[1]))
+    mk, mv, same = core.chunk_step(m, cache, rows[:, -1:], valid[:, -1:])
     assert same is cache   # a lone candidate is not kept
-    return core.local_forward(p, TINY, mk, mv, jnp.ones(2, bool), local)[3]
+    return core.local_forward(m, mk, mv, jnp.ones(2, bool), local)[3]
 
   def loss_full(cand):
-    p = {**params, "candidate": cand}
+    m = nnx.merge(graphdef, cand, frozen)
     pos = jnp.broadcast_to(jnp.arange(20), (2, 20))
-    k, v = forward(p, TINY, rows, pos, candidate_index=jnp.asarray([19, 19]), logits=None,
-                   return_kv=True)["kv"]
-    return core.local_forward(p, TINY, k[:, :, -1], v[:, :, -1], jnp.ones(2, bool), local)[3]
+    k, v = m(rows, pos, candidate_index=jnp.asarray([19, 19]), logits=None, return_kv=True).kv
+    return core.local_forward(m, k[:, :, -1], v[:, :, -1], jnp.ones(2, bool), local)[3]
 
-  (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(f))(params["candidate"])
-                        for f in (loss_split, loss_full))
+  (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(f))(cand) for f in (loss_split, loss_full))
   np.testing.assert_allclose(l1, l2, atol=1e-6)
-  for name in g1:
-    assert float(jnp.abs(g1[name]).max()) > 0
-    np.testing.assert_allclose(g1[name], g2[name], atol=1e-6)
+  assert len(jax.tree.leaves(g1)) == 4   # candidate q, k, v, o kernels (TINY has no biases)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    assert float(jnp.abs(a).max()) > 0
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_bad_arguments(params):
+def test_bad_arguments(model):
   x = prompt(90)
   with pytest.raises(ValueError, match="candidate"):
-    generate_focus(init_params(TINY, jax.random.PRNGKey(0)), TINY, x, 2, focus=FC)
+    generate_focus(LlamaForCausalLM(TINY), x, 2, focus=FC)
   with pytest.raises(ValueError, match="decode"):
-    generate_focus(params, TINY, x, 2, focus=FC, decode="approx")
+    generate_focus(model, x, 2, focus=FC, decode="approx")
   with pytest.raises(ValueError, match="max_new_tokens"):
-    generate_focus(params, TINY, x, 0, focus=FC)
+    generate_focus(model, x, 0, focus=FC)
   with pytest.raises(ValueError, match="cache_size"):
-    core.chunk_prefix(params, TINY, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool), 3)
+    core.chunk_prefix(model, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool), 3)
 
 
-def test_generate_cli_focus_mode(params, tmp_path):
+def test_generate_cli_focus_mode(model, tmp_path):
   """launch.generate --mode=focus: --input_ids used as given, --logits_out rows as in-process."""
   import os
   import subprocess
   import sys
   from focus_jax.checkpoint.orbax import save_checkpoint
-  save_checkpoint(tmp_path / "ckpt", params, TINY)
+  save_checkpoint(tmp_path / "ckpt", model)
   x = prompt(90, seed=7)
   np.save(tmp_path / "ids.npy", x.astype(np.int64))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,7 +196,7 @@ def test_generate_cli_focus_mode(params, tmp_path):
       cwd=root, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   got = np.load(tmp_path / "out.npz")
-  want = generate_focus(params, TINY, x, 4, focus=FC, stop_at_eos=False)
+  want = generate_focus(model, x, 4, focus=FC, stop_at_eos=False)
   assert got["logits"].dtype == np.float32 and got["tokens"].dtype == np.int32
   np.testing.assert_allclose(got["logits"], want.logits, atol=1e-5, rtol=0)
   assert got["tokens"].tolist() == want.tokens.tolist()

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from focus_jax.config import ModelConfig
-from focus_jax.generate import generate_plain
-from focus_jax.model import forward, init_cache, init_params
+from flax import nnx
+
+from focus_jax.decoding import generate_plain
+from focus_jax.model import AttnOptions, LlamaForCausalLM, init_cache
 from focus_jax.model.attention import attention
 from focus_jax.model.rope import apply_rope, inv_frequencies
 
@@ -63,68 +65,68 @@ def test_fully_masked_rows_are_zero():
 
 
 @pytest.fixture(scope="module")
-def params():
-  return init_params(CFG, jax.random.PRNGKey(0), std=0.05)
+def model():
+  return LlamaForCausalLM(CFG, nnx.Rngs(0), std=0.05)
 
 
-def test_blockwise_forward_equals_dense(params):
+def test_blockwise_forward_equals_dense(model):
   ids = jax.random.randint(jax.random.PRNGKey(1), (2, 150), 0, CFG.vocab_size)
   pos = jnp.broadcast_to(jnp.arange(150), (2, 150))
-  dense = forward(params, CFG, ids, pos)["logits"]
-  block = forward(params, CFG, ids, pos, block_q=32, block_k=40, dense_max=0)["logits"]
+  dense = model(ids, pos).logits
+  block = model(ids, pos, attn=AttnOptions(block_q=32, block_k=40, dense_max=0)).logits
   np.testing.assert_allclose(np.asarray(block), np.asarray(dense), atol=1e-5)
 
 
-def test_cached_decoding_equals_full_recomputation(params):
+def test_cached_decoding_equals_full_recomputation(model):
   t, split = 120, 77
   ids = jax.random.randint(jax.random.PRNGKey(2), (2, t), 0, CFG.vocab_size)
   pos = jnp.broadcast_to(jnp.arange(t), (2, t))
-  full = forward(params, CFG, ids, pos)["logits"]
-  out = forward(params, CFG, ids[:, :split], pos[:, :split], cache=init_cache(CFG, 2, 128))
-  cache, rows = out["cache"], [out["logits"]]
+  full = model(ids, pos).logits
+  out = model(ids[:, :split], pos[:, :split], cache=init_cache(CFG, 2, 128))
+  cache, rows = out.cache, [out.logits]
   for i in range(split, t):
-    out = forward(params, CFG, ids[:, i:i + 1], pos[:, i:i + 1], cache=cache)
-    cache = out["cache"]
-    rows.append(out["logits"])
+    out = model(ids[:, i:i + 1], pos[:, i:i + 1], cache=cache)
+    cache = out.cache
+    rows.append(out.logits)
   assert int(cache.index) == t
   np.testing.assert_allclose(np.asarray(jnp.concatenate(rows, 1)), np.asarray(full), atol=1e-5)
 
 
-def test_left_padded_row_equals_row_alone(params):
+def test_left_padded_row_equals_row_alone(model):
   ids = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (40,), 0, CFG.vocab_size))
-  alone = forward(params, CFG, jnp.asarray(ids[None]), jnp.arange(40)[None])["logits"][0]
+  alone = model(jnp.asarray(ids[None]), jnp.arange(40)[None]).logits[0]
   padded = np.concatenate([np.zeros(9, np.int32), ids])[None]
   valid = np.arange(49)[None] >= 9
   pos = np.maximum(np.arange(49) - 9, 0)[None]
-  out = forward(params, CFG, jnp.asarray(padded), jnp.asarray(pos), valid=jnp.asarray(valid))
-  np.testing.assert_allclose(np.asarray(out["logits"][0, 9:]), np.asarray(alone), atol=1e-5)
+  out = model(jnp.asarray(padded), jnp.asarray(pos), valid=jnp.asarray(valid))
+  np.testing.assert_allclose(np.asarray(out.logits[0, 9:]), np.asarray(alone), atol=1e-5)
 
 
-def test_generate_plain_equals_naive_greedy_loop(params):
+def test_generate_plain_equals_naive_greedy_loop(model):
   prompt = np.asarray(jax.random.randint(jax.random.PRNGKey(4), (23,), 0, CFG.vocab_size))
-  gen = generate_plain(params, CFG, prompt, 12)
+  gen = generate_plain(model, prompt, 12)
   seq = list(prompt)
   for step in range(12):
-    logits = forward(params, CFG, jnp.asarray([seq]), jnp.arange(len(seq))[None])["logits"][0, -1]
+    logits = model(jnp.asarray([seq]), jnp.arange(len(seq))[None]).logits[0, -1]
     np.testing.assert_allclose(gen.logits[step], np.asarray(logits), atol=1e-5)
     seq.append(int(jnp.argmax(logits)))
   assert gen.tokens.tolist() == seq[len(prompt):]
   assert gen.logits.shape == (12, CFG.vocab_size) and gen.logits.dtype == np.float32
 
 
-def test_generate_stops_at_eos(params):
+def test_generate_stops_at_eos(model):
   prompt = np.arange(5, dtype=np.int32)
-  first = generate_plain(params, CFG, prompt, 6)
+  first = generate_plain(model, prompt, 6)
   eos = int(first.tokens[2])
-  stopped = generate_plain(params, CFG.replace(eos_token_ids=(eos,)), prompt, 6)
+  stopped = generate_plain(model, prompt, 6, eos_ids=(eos,))
   assert stopped.tokens.tolist() == first.tokens.tolist()[:first.tokens.tolist().index(eos) + 1]
 
 
-def test_bad_prompt_rejected(params):
+def test_bad_prompt_rejected(model):
   with pytest.raises(ValueError, match="prompt ids"):
-    generate_plain(params, CFG, np.asarray([1, 500]), 3)
+    generate_plain(model, np.asarray([1, 500]), 3)
   with pytest.raises(ValueError, match="1-D"):
-    generate_plain(params, CFG, np.zeros((2, 2), np.int32), 3)
+    generate_plain(model, np.zeros((2, 2), np.int32), 3)
 
 
 def test_config_validation():

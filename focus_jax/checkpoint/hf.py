@@ -1,7 +1,7 @@
-"""Hugging Face LLaMA checkpoints (safetensors folders, GGUF files) <-> params pytree.
+"""Hugging Face LLaMA checkpoints (safetensors folders, GGUF files) <-> NNX model.
 
-  cfg, params, hf_config = load_hf("path/to/hf_dir")        # or "model.gguf"
-  export_hf(params, cfg, hf_config, "out/hf_dir", tokenizer_src_dir="path/to/hf_dir")
+  model, hf_config = load_hf("path/to/hf_dir")              # or "model.gguf"
+  export_hf(model, hf_config, "out/hf_dir", tokenizer_src_dir="path/to/hf_dir")
 
 Tensors are read and written one at a time. FocusLLM candidate projections
 travel in an extra file, focus_candidate.safetensors (HF names
@@ -41,10 +41,11 @@ def np_dtype(name: str) -> np.dtype:
   return NP_DTYPES[name]
 
 
-def load_hf(path, dtype: str = "float32") -> tuple[ModelConfig, dict, dict]:
+def load_hf(path, dtype: str = "float32") -> tuple:
   """Reads an HF LLaMA folder (config.json + safetensors) or a llama.cpp .gguf file.
 
-  Returns (ModelConfig, params of numpy arrays in `dtype`, the HF config dict).
+  Returns (LlamaForCausalLM holding numpy arrays in `dtype`, the HF config dict).
+  Candidate projections come from focus_candidate.safetensors when present.
   """
   path = Path(path)
   if path.is_file() and path.suffix == ".gguf":
@@ -60,18 +61,26 @@ def load_hf(path, dtype: str = "float32") -> tuple[ModelConfig, dict, dict]:
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e})") from None
   cfg = _model_config(hf_cfg, dtype, path)
-  with SafetensorsReader(_weight_files(path)) as r:
-    def get(group, item, matrix):
-      if group == "top":
-        name, shape = layout.TOP_HF[item], layout.top_shape(cfg, item)
-      else:
-        name, shape = f"model.layers.{group}.{item.hf}", layout.layer_shape(cfg, item.key)
-      return r.get(name, layout.hf_shape(shape, matrix))
-    params = layout.assemble(cfg, np_dtype(dtype), get, log.info)
-    _warn_unused(r.names, cfg, params)
-  if (path / CANDIDATE_FILE).is_file():
-    params["candidate"] = _load_candidates(path / CANDIDATE_FILE, cfg, np_dtype(dtype))
-  return cfg, params, hf_cfg
+  files = _weight_files(path)
+  cand_file = path / CANDIDATE_FILE
+  if cand_file.is_file():
+    files = files + [cand_file]
+  with SafetensorsReader(files) as r:
+    projs = _candidate_projs(r, cfg, cand_file) if cand_file.is_file() else ()
+    get = lambda t, i: r.get(t.hf(i), t.hf_shape())
+    model = layout.assemble(cfg, np_dtype(dtype), get, projs, log.info)
+    _warn_unused(r.names, model)
+  if projs:
+    log.info("loaded candidate projections %s", list(projs))
+  return model, hf_cfg
+
+
+def _candidate_projs(r, cfg: ModelConfig, file: Path) -> tuple[str, ...]:
+  projs = tuple(p for p in CANDIDATE_PROJS
+                if f"model.layers.0.self_attn.{layout.CANDIDATE}{p}_proj.weight" in r)
+  if not projs:
+    raise CheckpointError(f"{file} holds no candidate_{{q,k,v,o}}_proj tensors")
+  return projs
 
 
 def read_focus_config(path) -> FocusConfig | None:
@@ -117,32 +126,12 @@ def _weight_files(path: Path) -> list[Path]:
   raise CheckpointError(f"{path} holds no *.safetensors weights")
 
 
-def _warn_unused(names, cfg: ModelConfig, params: dict) -> None:
-  used = {layout.TOP_HF[k] for k in params if k in layout.TOP_HF} | {
-      f"model.layers.{i}.{s.hf}" for i in range(cfg.num_layers) for s in layout.layer_specs(cfg)}
+def _warn_unused(names, model) -> None:
+  used = {n for n, *_ in layout.iter_hf_tensors(model)} | {
+      n for n, *_ in layout.iter_hf_tensors(model, candidates=True)}
   unused = sorted(set(names) - used - {"lm_head.weight"} - {n for n in names if "rotary_emb" in n})
   if unused:
     log.warning("ignored %d tensors not used by the config, e.g. %s", len(unused), unused[:3])
-
-
-def _load_candidates(file: Path, cfg: ModelConfig, dtype) -> dict:
-  with SafetensorsReader([file]) as r:
-    projs = [p for p in CANDIDATE_PROJS if layout.candidate_hf_name(0, p) in r]
-    if not projs:
-      raise CheckpointError(f"{file} holds no candidate_{{q,k,v,o}}_proj tensors")
-    keys = projs + [f"{p}_bias" for p in projs
-                    if cfg.attention_bias or layout.candidate_hf_name(0, f"{p}_bias") in r]
-    cand = {}
-    for key in keys:
-      shape = layout.layer_shape(cfg, key)
-      matrix = not key.endswith("_bias")
-      arr = np.empty((cfg.num_layers, *shape), dtype)
-      for i in range(cfg.num_layers):
-        x = r.get(layout.candidate_hf_name(i, key), layout.hf_shape(shape, matrix))
-        arr[i] = (x.T if matrix else x).astype(dtype, copy=False)
-      cand[key] = arr
-  log.info("loaded candidate projections %s", keys)
-  return cand
 
 
 def _load_gguf(path: Path, dtype: str):
@@ -151,15 +140,9 @@ def _load_gguf(path: Path, dtype: str):
   hf_cfg = gguf.hf_config(reader)
   cfg = _model_config(hf_cfg, dtype, path)
   tensors = gguf.GGUFTensors(reader, cfg.num_heads, cfg.num_kv_heads)
-
-  def get(group, item, matrix):
-    if group == "top":
-      name, shape = layout.TOP_GGUF[item], layout.top_shape(cfg, item)
-    else:
-      name, shape = f"blk.{group}.{item.gguf}", layout.layer_shape(cfg, item.key)
-    return tensors.get(name, layout.hf_shape(shape, matrix))
-  params = layout.assemble(cfg, np_dtype(dtype), get, log.info)
-  return cfg, params, hf_cfg
+  model = layout.assemble(cfg, np_dtype(dtype), lambda t, i: tensors.get(t.gguf(i), t.hf_shape()),
+                          log=log.info)
+  return model, hf_cfg
 
 
 def rope_to_hf(rope: RopeConfig) -> dict:
@@ -195,37 +178,36 @@ def export_config(base: dict | None, cfg: ModelConfig, tied: bool, dtype: str) -
   return d
 
 
-def export_hf(params: dict, model_config: ModelConfig, hf_config_dict: dict | None, out_dir,
-              tokenizer_src_dir=None, focus_config: FocusConfig | dict | None = None,
-              overwrite: bool = False) -> Path:
+def export_hf(model, hf_config_dict: dict | None, out_dir, tokenizer_src_dir=None,
+              focus_config: FocusConfig | dict | None = None, overwrite: bool = False) -> Path:
   """Writes an HF folder that `AutoModelForCausalLM.from_pretrained` loads as is.
 
   config.json, model.safetensors (HF names, [out, in] weights, the params'
   dtype), tokenizer files copied from tokenizer_src_dir (a folder or .gguf),
-  and with params["candidate"]: focus_candidate.safetensors + focus_config.json.
+  and with candidate projections: focus_candidate.safetensors + focus_config.json.
   The folder appears only once complete; an existing one needs overwrite=True.
   """
-  cfg = model_config
-  tied = "lm_head" not in params
+  cfg = model.config
+  tied = model.lm_head is None
   if tied and not cfg.tie_word_embeddings:
-    raise CheckpointError("params lack lm_head but the config does not tie word embeddings")
+    raise CheckpointError("the model has no lm_head but the config does not tie word embeddings")
   if not tied and cfg.tie_word_embeddings:
-    log.warning("params hold lm_head: exporting untied embeddings")
+    log.warning("the model holds lm_head: exporting untied embeddings")
     cfg = cfg.replace(tie_word_embeddings=False)
-  layout.validate_params(params, cfg)
-  dtype_name = {v: k for k, v in NP_DTYPES.items()}.get(np.asarray(params["embed"]).dtype)
+  layout.validate(model)
+  emb_dtype = np.asarray(model.model.embed_tokens.embedding[...]).dtype
+  dtype_name = {v: k for k, v in NP_DTYPES.items()}.get(emb_dtype)
   if dtype_name is None:
-    raise CheckpointError(f"cannot export params of dtype {np.asarray(params['embed']).dtype}")
+    raise CheckpointError(f"cannot export params of dtype {emb_dtype}")
+  projs = layout.candidate_projs(model)
   with atomic_dir(out_dir, overwrite) as tmp:
     hf = export_config(hf_config_dict, cfg, tied, dtype_name)
     (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    write_safetensors(tmp / "model.safetensors", layout.iter_hf_tensors(params, cfg),
-                      log=log.info)
-    if params.get("candidate"):
-      write_safetensors(tmp / CANDIDATE_FILE, layout.iter_candidate_tensors(params, cfg),
+    write_safetensors(tmp / "model.safetensors", layout.iter_hf_tensors(model), log=log.info)
+    if projs:
+      write_safetensors(tmp / CANDIDATE_FILE, layout.iter_hf_tensors(model, candidates=True),
                         log=log.info)
       if focus_config is None:
-        projs = tuple(p for p in CANDIDATE_PROJS if p in params["candidate"])
         focus_config = FocusConfig(candidate_projs=projs)
     if focus_config is not None:
       fc = focus_config.to_dict() if isinstance(focus_config, FocusConfig) else dict(focus_config)

@@ -1,97 +1,99 @@
-"""The params pytree layout and its mapping to Hugging Face / GGUF tensor names.
+"""Module paths of the NNX decoder and their Hugging Face / GGUF tensor names: one table.
 
-Weights are stored [in, out] (HF stores [out, in]); decoder layers are stacked
-on a leading axis of size num_layers:
-
-  embed [V, D], final_norm [D], lm_head [D, V] (absent when embeddings are tied)
-  layers/{attn_norm, mlp_norm} [L, D]
-  layers/{q, k, v, o, gate, up, down} [L, in, out]   (+ *_bias [L, out] when enabled)
-  candidate/{q, k, v, o}(_bias)                       FocusLLM candidate projections
+A model's state is addressed by module paths ("model/layers/self_attn/q_proj/
+kernel"); decoder layers are stacked on a leading axis. The HF name of a path
+is the path itself with "." for "/", the layer index after "layers" and
+"weight" for kernel / embedding; kernels are [in, out] here and [out, in] in
+HF files. GGUF names come from GGUF_NAMES. FocusLLM candidates are the
+`candidate_{q,k,v,o}_proj` modules (CandidateParam) of the attention.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable, Iterator
 
+import jax
 import numpy as np
+from flax import nnx, traverse_util
 
-from focus_jax.config import ModelConfig
+from focus_jax.config import CANDIDATE_PROJS, ModelConfig
 
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, malformed or does not match its config."""
 
 
+LAYERS = "model/layers/"
+CANDIDATE = "candidate_"
+# module path (under model/layers/ for per-layer tensors) -> GGUF name (under blk.{i}.)
+GGUF_NAMES = {
+    "model/embed_tokens/embedding": "token_embd.weight", "model/norm/weight": "output_norm.weight",
+    "lm_head/kernel": "output.weight",
+    "input_layernorm/weight": "attn_norm.weight", "post_attention_layernorm/weight": "ffn_norm.weight",
+    "self_attn/q_proj/kernel": "attn_q.weight", "self_attn/k_proj/kernel": "attn_k.weight",
+    "self_attn/v_proj/kernel": "attn_v.weight", "self_attn/o_proj/kernel": "attn_output.weight",
+    "self_attn/q_proj/bias": "attn_q.bias", "self_attn/k_proj/bias": "attn_k.bias",
+    "self_attn/v_proj/bias": "attn_v.bias", "self_attn/o_proj/bias": "attn_output.bias",
+    "mlp/gate_proj/kernel": "ffn_gate.weight", "mlp/up_proj/kernel": "ffn_up.weight",
+    "mlp/down_proj/kernel": "ffn_down.weight", "mlp/gate_proj/bias": "ffn_gate.bias",
+    "mlp/up_proj/bias": "ffn_up.bias", "mlp/down_proj/bias": "ffn_down.bias"}
+
+
 @dataclasses.dataclass(frozen=True)
-class Spec:
-  """One layer tensor: our key, HF module path, GGUF name, and whether HF stores it [out, in]."""
-  key: str
-  hf: str          # relative to model.layers.{i}.
-  gguf: str        # relative to blk.{i}.
-  matrix: bool     # True: a weight matrix (transposed between layouts)
+class Tensor:
+  """One state entry: module path, shape without the layer axis, and how HF stores it."""
+  path: str
+  shape: tuple[int, ...]
+  stacked: bool      # has the leading layer axis
+  matrix: bool       # a kernel: transposed between our [in, out] and HF [out, in]
+
+  @property
+  def candidate(self) -> bool:
+    return CANDIDATE in self.path
+
+  def hf(self, layer: int | None = None, candidate_prefix: str = CANDIDATE) -> str:
+    """HF name (of one layer for stacked tensors); candidate_prefix renames candidate_*."""
+    name = self.path
+    if self.stacked:
+      name = LAYERS[:-1] + f"/{layer}/" + name[len(LAYERS):]
+    name = name.replace(CANDIDATE, candidate_prefix)
+    parts = name.split("/")
+    parts[-1] = "weight" if parts[-1] in ("kernel", "embedding") else parts[-1]
+    return ".".join(parts)
+
+  def gguf(self, layer: int | None = None) -> str:
+    if self.stacked:
+      return f"blk.{layer}.{GGUF_NAMES[self.path[len(LAYERS):]]}"
+    return GGUF_NAMES[self.path]
+
+  def hf_shape(self) -> tuple[int, ...]:
+    return tuple(reversed(self.shape)) if self.matrix else self.shape
 
 
-# key -> (hf module, gguf name)
-_PROJ = {"q": ("self_attn.q_proj", "attn_q"), "k": ("self_attn.k_proj", "attn_k"),
-         "v": ("self_attn.v_proj", "attn_v"), "o": ("self_attn.o_proj", "attn_output"),
-         "gate": ("mlp.gate_proj", "ffn_gate"), "up": ("mlp.up_proj", "ffn_up"),
-         "down": ("mlp.down_proj", "ffn_down")}
-_NORM = {"attn_norm": ("input_layernorm", "attn_norm"),
-         "mlp_norm": ("post_attention_layernorm", "ffn_norm")}
-ATTN_PROJS = ("q", "k", "v", "o")
-MLP_PROJS = ("gate", "up", "down")
+def abstract_model(cfg: ModelConfig, candidate_projs=()):
+  """(graphdef, abstract state) of the model, with candidates; no weights are computed."""
+  from focus_jax.model.llama import LlamaForCausalLM, add_candidates
 
-TOP_HF = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
-          "lm_head": "lm_head.weight"}
-TOP_GGUF = {"embed": "token_embd.weight", "final_norm": "output_norm.weight",
-            "lm_head": "output.weight"}
+  def build():
+    m = LlamaForCausalLM(cfg, nnx.Rngs(0))
+    return add_candidates(m, tuple(candidate_projs)) if candidate_projs else m
+  return nnx.split(nnx.eval_shape(build))
 
 
-def proj_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-  """(in, out) of every projection, in our [in, out] layout."""
-  d, i = cfg.hidden_size, cfg.intermediate_size
-  q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-  return {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d),
-          "gate": (d, i), "up": (d, i), "down": (i, d)}
+def flat(tree) -> dict:
+  """Nested dict (a pure state) -> {"a/b/c": leaf}."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
-def layer_specs(cfg: ModelConfig) -> list[Spec]:
-  """Every per-layer tensor the config calls for."""
-  specs = [Spec(k, f"{m}.weight", f"{g}.weight", False) for k, (m, g) in _NORM.items()]
-  for key, (m, g) in _PROJ.items():
-    specs.append(Spec(key, f"{m}.weight", f"{g}.weight", True))
-    if (key in ATTN_PROJS and cfg.attention_bias) or (key in MLP_PROJS and cfg.mlp_bias):
-      specs.append(Spec(f"{key}_bias", f"{m}.bias", f"{g}.bias", False))
-  return specs
-
-
-def candidate_hf_name(layer: int, key: str) -> str:
-  """HF name of a candidate tensor: key is q|k|v|o or q_bias|..."""
-  proj, _, bias = key.partition("_")
-  return f"model.layers.{layer}.self_attn.candidate_{proj}_proj.{'bias' if bias else 'weight'}"
-
-
-def layer_shape(cfg: ModelConfig, key: str) -> tuple[int, ...]:
-  """Shape of one layer's tensor `key` in our layout (no layer axis)."""
-  if key in _NORM:
-    return (cfg.hidden_size,)
-  proj, _, bias = key.partition("_")
-  shape = proj_shapes(cfg)[proj]
-  return (shape[1],) if bias else shape
-
-
-def top_shape(cfg: ModelConfig, key: str) -> tuple[int, ...]:
-  v, d = cfg.vocab_size, cfg.hidden_size
-  return {"embed": (v, d), "final_norm": (d,), "lm_head": (d, v)}[key]
-
-
-def top_keys(cfg: ModelConfig) -> list[str]:
-  return ["embed", "final_norm"] + ([] if cfg.tie_word_embeddings else ["lm_head"])
-
-
-def hf_shape(shape: tuple[int, ...], matrix: bool) -> tuple[int, ...]:
-  """Our shape -> the shape HF stores ([out, in] for matrices)."""
-  return tuple(reversed(shape)) if matrix else tuple(shape)
+def tensors(cfg: ModelConfig, candidate_projs=()) -> list[Tensor]:
+  """Every tensor of the model the config describes, in a stable order."""
+  _, state = abstract_model(cfg, candidate_projs)
+  out = []
+  for path, leaf in flat(nnx.to_pure_dict(state)).items():
+    stacked = path.startswith(LAYERS)
+    shape = tuple(leaf.shape[1:] if stacked else leaf.shape)
+    out.append(Tensor(path, shape, stacked, path.endswith("kernel")))
+  return out
 
 
 def check_shape(name: str, got, expected) -> None:
@@ -100,29 +102,28 @@ def check_shape(name: str, got, expected) -> None:
                           f"but the checkpoint has {tuple(got)}")
 
 
-def assemble(cfg: ModelConfig, dtype, get: Callable[[str, str, bool], np.ndarray],
-             log: Callable[[str], None] = lambda msg: None) -> dict:
-  """Builds the params pytree one tensor at a time.
+def assemble(cfg: ModelConfig, dtype, get: Callable[[Tensor, int | None], np.ndarray],
+             candidate_projs=(), log: Callable[[str], None] = lambda msg: None):
+  """Builds the model one tensor at a time from `get(tensor, layer)` (HF layout, [out, in]).
 
-  `get(group, key_or_name, matrix)` returns one tensor in HF layout: group is
-  "top" (key in TOP_HF) or an int layer index (a Spec). Stacked arrays are
-  allocated once and filled in place, so peak memory is the params plus one
-  tensor.
+  Stacked arrays are allocated once and filled in place (numpy), so peak
+  memory is the model plus one tensor. Returns a LlamaForCausalLM holding
+  numpy arrays (jnp operations accept them; `jax.device_put` moves them).
   """
-  params: dict = {}
-  for key in top_keys(cfg):
-    matrix = key == "lm_head"
-    x = get("top", key, matrix)
-    params[key] = _to_ours(x, matrix, dtype)
-  log(f"loaded {', '.join(top_keys(cfg))}")
-  specs = layer_specs(cfg)
-  layers = {s.key: np.empty((cfg.num_layers, *layer_shape(cfg, s.key)), dtype) for s in specs}
+  graphdef, state = abstract_model(cfg, candidate_projs)
+  pure = {}
+  specs = tensors(cfg, candidate_projs)
+  for t in (t for t in specs if not t.stacked):
+    pure[t.path] = _to_ours(get(t, None), t.matrix, dtype)
+  stacked = [t for t in specs if t.stacked]
+  for t in stacked:
+    pure[t.path] = np.empty((cfg.num_layers, *t.shape), dtype)
   for i in range(cfg.num_layers):
-    for s in specs:
-      layers[s.key][i] = _to_ours(get(i, s, s.matrix), s.matrix, dtype)
-    log(f"loaded layer {i + 1}/{cfg.num_layers} ({len(specs)} tensors)")
-  params["layers"] = layers
-  return params
+    for t in stacked:
+      pure[t.path][i] = _to_ours(get(t, i), t.matrix, dtype)
+    log(f"loaded layer {i + 1}/{cfg.num_layers} ({len(stacked)} tensors)")
+  nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(pure, sep="/"))
+  return nnx.merge(graphdef, state)
 
 
 def _to_ours(x: np.ndarray, matrix: bool, dtype) -> np.ndarray:
@@ -130,61 +131,90 @@ def _to_ours(x: np.ndarray, matrix: bool, dtype) -> np.ndarray:
   return np.ascontiguousarray(x.astype(dtype, copy=False))
 
 
-def iter_hf_tensors(params: dict, cfg: ModelConfig) -> Iterator[tuple[str, Callable[[], np.ndarray], tuple, np.dtype]]:
-  """(HF name, thunk giving the HF-layout tensor, HF shape, dtype) for every tensor in params."""
-  def top(key):
-    arr = np.asarray(params[key])
-    matrix = key == "lm_head"
-    return (TOP_HF[key], lambda: _to_hf(arr, matrix), hf_shape(arr.shape, matrix), arr.dtype)
-
-  yield top("embed")
-  layers = params["layers"]
-  specs = layer_specs(cfg)
-  missing = [s.key for s in specs if s.key not in layers]
-  if missing:
-    raise CheckpointError(f"params['layers'] lacks {missing} required by the config")
-  arrays = {s.key: np.asarray(layers[s.key]) for s in specs}
-  for i in range(cfg.num_layers):
-    for s in specs:
-      a = arrays[s.key]
-      yield (f"model.layers.{i}.{s.hf}", (lambda a=a, i=i, m=s.matrix: _to_hf(a[i], m)),
-             hf_shape(a.shape[1:], s.matrix), a.dtype)
-  yield top("final_norm")
-  if "lm_head" in params:
-    yield top("lm_head")
-
-
-def iter_candidate_tensors(params: dict, cfg: ModelConfig):
-  """Like iter_hf_tensors for params['candidate'] (HF candidate names)."""
-  cand = params.get("candidate") or {}
-  arrays = {k: np.asarray(v) for k, v in sorted(cand.items())}
-  for i in range(cfg.num_layers):
-    for key, a in arrays.items():
-      matrix = not key.endswith("_bias")
-      yield (candidate_hf_name(i, key), (lambda a=a, i=i, m=matrix: _to_hf(a[i], m)),
-             hf_shape(a.shape[1:], matrix), a.dtype)
-
-
 def _to_hf(x: np.ndarray, matrix: bool) -> np.ndarray:
   return np.ascontiguousarray(x.T if matrix else x)
 
 
-def validate_params(params: dict, cfg: ModelConfig) -> None:
-  """Checks that params hold every tensor the config calls for, with the right shapes."""
-  for key in top_keys(cfg):
-    if key not in params:
-      raise CheckpointError(f"params lack {key!r} required by the config")
-    check_shape(key, np.shape(params[key]), top_shape(cfg, key))
-  if "lm_head" in params:
-    check_shape("lm_head", np.shape(params["lm_head"]), top_shape(cfg, "lm_head"))
-  layers = params.get("layers") or {}
-  for s in layer_specs(cfg):
-    if s.key not in layers:
-      raise CheckpointError(f"params lack layers/{s.key} required by the config")
-    check_shape(f"layers/{s.key}", np.shape(layers[s.key]),
-                (cfg.num_layers, *layer_shape(cfg, s.key)))
-  for key, value in (params.get("candidate") or {}).items():
-    proj = key.partition("_")[0]
-    if proj not in ATTN_PROJS:
-      raise CheckpointError(f"unknown candidate tensor {key!r}; expected q|k|v|o(_bias)")
-    check_shape(f"candidate/{key}", np.shape(value), (cfg.num_layers, *layer_shape(cfg, key)))
+HFItem = tuple[str, Callable[[], np.ndarray], tuple, np.dtype]
+
+
+def iter_hf_tensors(model, *, candidates: bool = False,
+                    candidate_prefix: str = CANDIDATE) -> Iterator[HFItem]:
+  """(HF name, thunk giving the HF-layout tensor, HF shape, dtype) for the model's base
+  tensors (candidates=False) or its candidate projections (True)."""
+  pure = flat(nnx.to_pure_dict(nnx.state(model)))
+  specs = [t for t in tensors(model.config, candidate_projs(model)) if t.candidate == candidates]
+  for t in (t for t in specs if not t.stacked):
+    a = np.asarray(pure[t.path])
+    yield t.hf(), (lambda a=a, m=t.matrix: _to_hf(a, m)), t.hf_shape(), a.dtype
+  stacked = [(t, np.asarray(pure[t.path])) for t in specs if t.stacked]
+  for i in range(model.config.num_layers):
+    for t, a in stacked:
+      yield (t.hf(i, candidate_prefix), (lambda a=a, i=i, m=t.matrix: _to_hf(a[i], m)),
+             t.hf_shape(), a.dtype)
+
+
+def candidate_projs(model) -> tuple[str, ...]:
+  attn = model.model.layers.self_attn
+  return tuple(p for p in CANDIDATE_PROJS if getattr(attn, f"{CANDIDATE}{p}_proj") is not None)
+
+
+def candidate_projs_of(paths) -> tuple[str, ...]:
+  """The candidate projections present among state paths."""
+  return tuple(p for p in CANDIDATE_PROJS
+               if any(f"/{CANDIDATE}{p}_proj/" in f"/{path}/" for path in paths))
+
+
+def validate(model) -> None:
+  """Checks every tensor the config calls for is there with the right shape."""
+  pure = flat(nnx.to_pure_dict(nnx.state(model)))
+  cfg = model.config
+  for t in tensors(cfg, candidate_projs(model)):
+    if t.path not in pure:
+      raise CheckpointError(f"the model lacks {t.path} required by the config")
+    check_shape(t.path, np.shape(pure[t.path]),
+                (cfg.num_layers, *t.shape) if t.stacked else t.shape)
+
+
+# The flat params layout of checkpoints written before the NNX modules (same [in, out]
+# orientation): old key -> module path.
+_LEGACY_LAYER = {"attn_norm": "input_layernorm/weight", "mlp_norm": "post_attention_layernorm/weight",
+                 "gate": "mlp/gate_proj/kernel", "up": "mlp/up_proj/kernel",
+                 "down": "mlp/down_proj/kernel"}
+_LEGACY_TOP = {"embed": "model/embed_tokens/embedding", "final_norm": "model/norm/weight",
+               "lm_head": "lm_head/kernel"}
+
+
+def is_legacy(tree: dict) -> bool:
+  return "embed" in tree and "layers" in tree and "model" not in tree
+
+
+def legacy_path(key: str) -> str:
+  """'layers/q_bias' -> 'model/layers/self_attn/q_proj/bias', etc."""
+  group, _, name = key.partition("/")
+  if group in _LEGACY_TOP and not name:
+    return _LEGACY_TOP[group]
+  proj, _, bias = name.partition("_")
+  leaf = "bias" if bias == "bias" else "kernel"
+  if group == "candidate":
+    return f"{LAYERS}self_attn/{CANDIDATE}{proj}_proj/{leaf}"
+  if group == "layers":
+    if name in _LEGACY_LAYER:
+      return LAYERS + _LEGACY_LAYER[name]
+    if proj in CANDIDATE_PROJS:
+      return f"{LAYERS}self_attn/{proj}_proj/{leaf}"
+    if proj in ("gate", "up", "down"):
+      return f"{LAYERS}mlp/{proj}_proj/{leaf}"
+  raise CheckpointError(f"unknown tensor {key!r} in a checkpoint of the previous layout; "
+                        "re-run launch.convert")
+
+
+def from_legacy(tree: dict) -> dict:
+  """A previous-layout params tree as a pure state dict of module paths."""
+  return traverse_util.unflatten_dict({legacy_path(k): v for k, v in flat(tree).items()}, sep="/")
+
+
+def tree_map_paths(fn, tree):
+  """fn(path, leaf) over a nested dict."""
+  return traverse_util.unflatten_dict({k: fn(k, v) for k, v in flat(tree).items()}, sep="/")
+

@@ -1,6 +1,7 @@
-"""focus_jax checkpoints: an Orbax (tensorstore) params pytree plus JSON side files.
+"""focus_jax checkpoints: an Orbax (tensorstore) model state plus JSON side files.
 
-  DIR/params/             Orbax PyTree checkpoint of the params
+  DIR/params/             Orbax PyTree checkpoint of nnx.state(model) as a pure dict
+                          (module paths, e.g. model/layers/self_attn/q_proj/kernel)
   DIR/model_config.json   ModelConfig.to_dict()
   DIR/hf_config.json      the source HF config (for export back to HF)
   DIR/tokenizer/          tokenizer files (may be absent)
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 
 from focus_jax.checkpoint import layout
 from focus_jax.checkpoint.atomic import atomic_dir, check_target
@@ -48,24 +50,25 @@ def _checkpointer():
     absl_logger.setLevel(level)
 
 
-def save_checkpoint(directory, params: dict, model_config: ModelConfig, hf_config: dict | None = None,
-                    tokenizer_src=None, focus_config: FocusConfig | dict | None = None,
+def save_checkpoint(directory, model, hf_config: dict | None = None, tokenizer_src=None,
+                    focus_config: FocusConfig | dict | None = None,
                     overwrite: bool = False) -> Path:
-  """Writes a checkpoint to `directory` atomically.
+  """Writes a checkpoint of `model` (a LlamaForCausalLM) to `directory` atomically.
 
-  tokenizer_src: an HF folder whose tokenizer files are copied, or a .gguf file
-  (the tokenizer is rebuilt from its metadata). Refuses an existing directory
-  unless overwrite=True; the old one is then replaced only after the new one
-  is complete.
+  The params are the pure dict of `nnx.state(model)` (module paths). tokenizer_src:
+  an HF folder whose tokenizer files are copied, or a .gguf file (the tokenizer
+  is rebuilt from its metadata). Refuses an existing directory unless
+  overwrite=True; the old one is then replaced only after the new one is complete.
   """
-  layout.validate_params(params, model_config)
+  layout.validate(model)
   check_target(directory, overwrite)
+  pure = nnx.to_pure_dict(nnx.state(model))
   with atomic_dir(directory, overwrite) as tmp:
     with _checkpointer() as ckpt:
-      ckpt.save(tmp / PARAMS_DIR, params)
+      ckpt.save(tmp / PARAMS_DIR, pure)
       ckpt.wait_until_finished()
-    log.info("wrote params (%d arrays)", len(jax.tree.leaves(params)))
-    (tmp / MODEL_CONFIG).write_text(model_config.to_json() + "\n")
+    log.info("wrote params (%d arrays)", len(jax.tree.leaves(pure)))
+    (tmp / MODEL_CONFIG).write_text(model.config.to_json() + "\n")
     if hf_config is not None:
       (tmp / HF_CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n")
     if focus_config is not None:
@@ -81,31 +84,58 @@ def save_checkpoint(directory, params: dict, model_config: ModelConfig, hf_confi
 
 
 def load_checkpoint(directory, dtype: str | None = None, sharding=None,
-                    as_numpy: bool = False) -> tuple[ModelConfig, dict, dict]:
-  """Reads a checkpoint written by save_checkpoint.
+                    as_numpy: bool = False) -> tuple:
+  """Reads a checkpoint written by save_checkpoint into a LlamaForCausalLM.
 
-  dtype: cast the params on restore (and set ModelConfig.param_dtype).
-  sharding: a jax.sharding.Sharding for every array (default: the first device).
-  as_numpy: return numpy arrays instead of jax arrays.
-  Returns (ModelConfig, params, extras) with extras = {"hf_config": dict | None,
+  The restore target is the abstract state of `nnx.eval_shape` (no random
+  init). dtype: cast the params on restore (and set ModelConfig.param_dtype).
+  sharding: a jax.sharding.Sharding for every array, or a function
+  (module path, shape) -> Sharding (default: the first device).
+  as_numpy: numpy arrays instead of jax arrays (export, conversion).
+  Checkpoints of the previous flat layout are read through layout.from_legacy.
+  Returns (model, extras) with extras = {"hf_config": dict | None,
   "focus_config": FocusConfig | None, "tokenizer_dir": str | None}.
   """
   directory = Path(directory).absolute()  # Orbax resolves metadata by absolute path
   if not (directory / MODEL_CONFIG).is_file() or not (directory / PARAMS_DIR).is_dir():
     raise CheckpointError(f"{directory} is not a focus_jax checkpoint (no {MODEL_CONFIG} "
                           f"and {PARAMS_DIR}/); create one with launch.convert")
-  cfg = ModelConfig.from_dict(json.loads((directory / MODEL_CONFIG).read_text()))
+  try:
+    cfg = ModelConfig.from_dict(json.loads((directory / MODEL_CONFIG).read_text()))
+  except (ValueError, TypeError, KeyError) as e:
+    raise CheckpointError(f"{directory / MODEL_CONFIG}: not a valid model config ({e}); "
+                          "re-run launch.convert") from None
   if dtype is not None:
     dtype_of(dtype)
     cfg = cfg.replace(param_dtype=dtype)
   with _checkpointer() as ckpt:
-    tree = ckpt.metadata(directory / PARAMS_DIR).item_metadata.tree
-    target = _target(tree, dtype, sharding, as_numpy)
-    params = ckpt.restore(directory / PARAMS_DIR, target)
-  params = _plain(params)
-  if as_numpy and dtype is not None:
-    params = jax.tree.map(lambda x: x.astype(dtype_of(dtype), copy=False), params)
-  layout.validate_params(params, cfg)
+    stored = _plain(ckpt.metadata(directory / PARAMS_DIR).item_metadata.tree)
+    legacy = layout.is_legacy(stored)
+    paths = list(layout.flat(layout.from_legacy(stored) if legacy else stored))
+    graphdef, abstract = layout.abstract_model(cfg, layout.candidate_projs_of(paths))
+    want = layout.flat(nnx.to_pure_dict(abstract))
+    if set(want) != set(paths):
+      diff = sorted(set(want) ^ set(paths))
+      raise CheckpointError(f"{directory}: stored tensors do not match the model config "
+                            f"(e.g. {diff[:3]}); re-run launch.convert")
+    if legacy:
+      log.info("%s is in the previous flat layout; reading it through the name map", directory)
+      pure = layout.from_legacy(_plain(ckpt.restore(directory / PARAMS_DIR)))
+      pure = layout.tree_map_paths(lambda p, x: _cast(np.asarray(x), dtype), pure)
+      if not as_numpy:
+        pure = layout.tree_map_paths(lambda p, x: jax.device_put(x, _sharding(sharding, p, x)),
+                                     pure)
+    else:
+      target = None if as_numpy else layout.tree_map_paths(
+          lambda p, m: jax.ShapeDtypeStruct(
+              tuple(m.shape), np.dtype(dtype_of(dtype)) if dtype else np.dtype(m.dtype),
+              sharding=_sharding(sharding, p, m)), stored)
+      pure = _plain(ckpt.restore(directory / PARAMS_DIR, target))
+      if as_numpy:
+        pure = layout.tree_map_paths(lambda p, x: _cast(np.asarray(x), dtype), pure)
+  nnx.replace_by_pure_dict(abstract, pure)
+  model = nnx.merge(graphdef, abstract)
+  layout.validate(model)
   extras = {"hf_config": _read_json(directory / HF_CONFIG),
             "focus_config": None, "tokenizer_dir": None}
   fc = _read_json(directory / FOCUS_CONFIG)
@@ -114,19 +144,17 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
   tok = directory / TOKENIZER_DIR
   if tok.is_dir() and any(tok.iterdir()):
     extras["tokenizer_dir"] = str(tok)
-  return cfg, params, extras
+  return model, extras
 
 
-def _target(tree, dtype, sharding, as_numpy):
-  """Restore target: None (numpy arrays as stored) or jax.ShapeDtypeStructs cast to dtype."""
-  if as_numpy:
-    return None
-  sh = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+def _cast(x: np.ndarray, dtype):
+  return x if dtype is None else x.astype(dtype_of(dtype), copy=False)
 
-  def leaf(meta):
-    dt = np.dtype(dtype_of(dtype)) if dtype is not None else np.dtype(meta.dtype)
-    return jax.ShapeDtypeStruct(tuple(meta.shape), dt, sharding=sh)
-  return jax.tree.map(leaf, _plain(tree), is_leaf=lambda x: hasattr(x, "shape"))
+
+def _sharding(sharding, path: str, leaf):
+  if sharding is None:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return sharding(path, tuple(leaf.shape)) if callable(sharding) else sharding
 
 
 def _plain(tree):

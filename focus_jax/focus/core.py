@@ -1,4 +1,4 @@
-"""FocusLLM building blocks, each one call of the decoder `forward` (pure, not jitted).
+"""FocusLLM building blocks, each one call of the decoder module (pure, not jitted).
 
 A chunk row is a LEFT-padded token row [C] whose last token is the candidate
 (plan.py). Its positions restart at 0 at the row's first valid token.
@@ -22,15 +22,15 @@ differentiated function) and the gradient with respect to the candidate
 parameters stays exact; only `chunk_step` (one token per row) and
 `local_forward` need to be differentiated.
 
-`attn` keyword arguments (block_q, block_k, dense_max) go to `forward`.
+`model` is a LlamaForCausalLM (with candidate projections for chunk_step);
+`attn` (AttnOptions) says how attention runs.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from focus_jax.config import ModelConfig
-from focus_jax.model.llama import KVCache, Prefix, forward
+from focus_jax.model.llama import AttnOptions, KVCache, Prefix
 
 
 def row_positions(valid, start=0):
@@ -45,8 +45,8 @@ def row_positions(valid, start=0):
   return start + jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def chunk_prefix(params: dict, cfg: ModelConfig, tokens, valid, cache_size: int,
-                 **attn) -> KVCache:
+def chunk_prefix(model, tokens, valid, cache_size: int,
+                 attn: AttnOptions = AttnOptions()) -> KVCache:
   """KV cache of every token of each row except its last one (the candidate).
 
   tokens: [n, C] int, valid: [n, C] bool (left padding). The cache holds
@@ -61,8 +61,9 @@ def chunk_prefix(params: dict, cfg: ModelConfig, tokens, valid, cache_size: int,
     raise ValueError(f"cache_size ({cache_size}) must be >= row length - 1 ({c - 1})")
   toks, val = tokens[:, :-1], valid[:, :-1]
   pos = row_positions(val)
+  cfg = model.config
   if c > 1:
-    k, v = forward(params, cfg, toks, pos, valid=val, logits=None, return_kv=True, **attn)["kv"]
+    k, v = model(toks, pos, valid=val, logits=None, return_kv=True, attn=attn).kv
   else:
     k = v = jnp.zeros((cfg.num_layers, n, 0, cfg.num_kv_heads, cfg.head_dim), cfg.dtype)
   free = cache_size - (c - 1)
@@ -94,7 +95,7 @@ def append(cache: KVCache, k, v, pos, valid) -> KVCache:
       i + k.shape[2])
 
 
-def chunk_step(params: dict, cfg: ModelConfig, cache: KVCache, tokens, valid, **attn):
+def chunk_step(model, cache: KVCache, tokens, valid, attn: AttnOptions = AttnOptions()):
   """Runs t new tokens per row [n, t] on top of `cache`; the last one is the candidate.
 
   Positions continue each row's own numbering (the count of valid cache
@@ -111,8 +112,8 @@ def chunk_step(params: dict, cfg: ModelConfig, cache: KVCache, tokens, valid, **
     raise ValueError(f"cache has {cache.valid.shape[0]} rows, tokens have {n}")
   pos = row_positions(valid, jnp.sum(cache.valid, axis=1, dtype=jnp.int32))
   cand = jnp.full((n,), t - 1, jnp.int32)
-  k, v = forward(params, cfg, tokens, pos, valid=valid, candidate_index=cand,
-                 prefix=cache_prefix(cache), logits=None, return_kv=True, **attn)["kv"]
+  k, v = model(tokens, pos, valid=valid, candidate_index=cand, prefix=cache_prefix(cache),
+               logits=None, return_kv=True, attn=attn).kv
   if t > 1:
     cache = append(cache, k[:, :, :-1], v[:, :, :-1], pos[:, :-1], valid[:, :-1])
   return k[:, :, -1], v[:, :, -1], cache
@@ -133,8 +134,8 @@ def memory_prefix(mem_k, mem_v, mem_valid, mem_pos=None):
   return Prefix(mem_k, mem_v, jnp.asarray(mem_pos, jnp.int32), order, mem_valid), n_valid
 
 
-def local_forward(params: dict, cfg: ModelConfig, mem_k, mem_v, mem_valid, local_tokens,
-                  local_valid=None, *, mem_pos=None, logits: str = "last", **attn):
+def local_forward(model, mem_k, mem_v, mem_valid, local_tokens, local_valid=None, *,
+                  mem_pos=None, logits: str = "last", attn: AttnOptions = AttnOptions()):
   """Logits of the local tokens reading the memory.
 
   mem_k, mem_v: [L, B, N, KV, hd] (or [L, N, KV, hd] for B = 1); mem_valid:
@@ -157,7 +158,7 @@ def local_forward(params: dict, cfg: ModelConfig, mem_k, mem_v, mem_valid, local
     local_valid = jnp.ones(local_tokens.shape, bool)
   prefix, n_valid = memory_prefix(mem_k, mem_v, mem_valid, mem_pos)
   pos = row_positions(local_valid, n_valid)
-  out = forward(params, cfg, local_tokens, pos, valid=local_valid, prefix=prefix,
-                logits=logits, **attn)["logits"]
+  out = model(local_tokens, pos, valid=local_valid, prefix=prefix, logits=logits,
+              attn=attn).logits
   out = out[:, -1] if logits == "last" else out
   return out[0] if unbatched else out

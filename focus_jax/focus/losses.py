@@ -7,7 +7,7 @@ token is the candidate, a left-padded local input and K target tokens. Its loss:
               (memory positions 0..n-1, order -1; local positions n, n+1, ...),
   loss      = mean cross-entropy of the last K local positions on the targets.
 
-Only `params["candidate"]` trains. No token before a candidate uses the
+Only the CandidateParam variables train. No token before a candidate uses the
 candidate projections, so with `stop_gradient_prefix` the rows run in two
 parts: every token but the candidate without gradient (its K/V become a
 prefix), then the candidate alone with gradient. The gradient is exactly the
@@ -21,28 +21,25 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from focus_jax.config import ModelConfig
+from flax import nnx
+
 from focus_jax.focus.core import chunk_prefix, chunk_step, memory_prefix, row_positions
-from focus_jax.model import forward
-
-CANDIDATE = "candidate"
+from focus_jax.model import CandidateParam
 
 
-def split_params(params: dict) -> tuple[dict, dict]:
-  """(trainable candidate projections, frozen rest)."""
-  if CANDIDATE not in params:
-    raise KeyError("params have no 'candidate' projections; call "
-                   "focus_jax.model.add_candidate_params(params) first")
-  frozen = {k: v for k, v in params.items() if k != CANDIDATE}
-  return params[CANDIDATE], frozen
+def split_model(model):
+  """(graphdef, trainable candidate State, frozen State): `nnx.split` by variable type.
+
+  CandidateParam is split off first: the `...` filter would also match it.
+  `nnx.merge(graphdef, candidate, frozen)` rebuilds the model.
+  """
+  if not model.has_candidates:
+    raise KeyError("the model has no candidate projections; call "
+                   "focus_jax.model.add_candidates(model) first")
+  return nnx.split(model, CandidateParam, ...)
 
 
-def join_params(candidate: dict, frozen: dict) -> dict:
-  return {**frozen, CANDIDATE: candidate}
-
-
-def candidate_memory(params: dict, cfg: ModelConfig, tokens, valid, *,
-                     stop_gradient_prefix: bool = True):
+def candidate_memory(model, tokens, valid, *, stop_gradient_prefix: bool = True):
   """Per-layer pre-RoPE K/V of each row's candidate (its last token).
 
   tokens, valid: [R, C] LEFT-padded rows (focus.plan layout). Fully invalid
@@ -53,18 +50,16 @@ def candidate_memory(params: dict, cfg: ModelConfig, tokens, valid, *,
   """
   r, c = tokens.shape
   if not stop_gradient_prefix:
-    out = forward(params, cfg, tokens, row_positions(valid), valid=valid,
-                  candidate_index=jnp.full((r,), c - 1, jnp.int32), logits=None, return_kv=True)
-    k, v = out["kv"]
+    k, v = model(tokens, row_positions(valid), valid=valid,
+                 candidate_index=jnp.full((r,), c - 1, jnp.int32), logits=None,
+                 return_kv=True).kv
     return k[:, :, -1], v[:, :, -1]
-  base = jax.lax.stop_gradient({key: val for key, val in params.items() if key != CANDIDATE})
-  cache = jax.lax.stop_gradient(chunk_prefix(base, cfg, tokens, valid, c - 1))
-  k, v, _ = chunk_step(params, cfg, cache, tokens[:, -1:], valid[:, -1:])
+  cache = jax.lax.stop_gradient(chunk_prefix(model, tokens, valid, c - 1))
+  k, v, _ = chunk_step(model, cache, tokens[:, -1:], valid[:, -1:])
   return k, v
 
 
-def local_losses(params: dict, cfg: ModelConfig, mem_k, mem_v, n_memory, local_tokens,
-                 local_valid, targets):
+def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targets):
   """Cross-entropy per task of the local input attending to the memory.
 
   core.local_forward's layout, with logits only at the last K positions.
@@ -75,17 +70,15 @@ def local_losses(params: dict, cfg: ModelConfig, mem_k, mem_v, n_memory, local_t
   rows = mem_k.shape[2]
   kk = targets.shape[1]
   prefix, n_valid = memory_prefix(mem_k, mem_v, jnp.arange(rows)[None, :] < n_memory[:, None])
-  out = forward(params, cfg, local_tokens, row_positions(local_valid, n_valid),
-                valid=local_valid, prefix=prefix, logits=None)
-  h = out["hidden"][:, -kk:]
-  head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
-  logits = jnp.einsum("nkd,dv->nkv", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
+  out = model(local_tokens, row_positions(local_valid, n_valid), valid=local_valid,
+              prefix=prefix, logits=None)
+  logits = model.unembed(out.hidden[:, -kk:])
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   return nll.mean(axis=1)
 
 
-def task_losses(params: dict, cfg: ModelConfig, batch: dict, *, stop_gradient_prefix: bool = True,
+def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
                 route: Callable | None = None):
   """Per-task losses of one micro-batch.
 
@@ -100,7 +93,7 @@ def task_losses(params: dict, cfg: ModelConfig, batch: dict, *, stop_gradient_pr
   Returns (ce [M] float32, kind [M]) for the M tasks kept (N*T without route).
   """
   n, t, r, c = batch["chunk_tokens"].shape
-  mk, mv = candidate_memory(params, cfg, batch["chunk_tokens"].reshape(n * t * r, c),
+  mk, mv = candidate_memory(model, batch["chunk_tokens"].reshape(n * t * r, c),
                             batch["chunk_valid"].reshape(n * t * r, c),
                             stop_gradient_prefix=stop_gradient_prefix)
   mk = mk.reshape(mk.shape[0], n * t, r, *mk.shape[2:])
@@ -109,7 +102,7 @@ def task_losses(params: dict, cfg: ModelConfig, batch: dict, *, stop_gradient_pr
            for k in ("n_memory", "local_tokens", "local_valid", "targets", "kind")}
   if route is not None:
     mk, mv, local = route(mk, mv, local)
-  ce = local_losses(params, cfg, mk, mv, local["n_memory"], local["local_tokens"],
+  ce = local_losses(model, mk, mv, local["n_memory"], local["local_tokens"],
                     local["local_valid"], local["targets"])
   return ce, local["kind"]
 

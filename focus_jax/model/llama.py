@@ -1,27 +1,43 @@
-"""The LLaMA decoder as one pure function over a parameter pytree.
+"""The LLaMA decoder as Flax NNX modules with Hugging Face attribute names.
 
-Layout (weights [in, out], layers stacked on a leading axis, scanned):
-  embed [V,D]; layers.{attn_norm, q, k, v, o, mlp_norm, gate, up, down, *_bias};
-  final_norm [D]; lm_head [D,V] (absent when embeddings are tied);
-  candidate.{q, k, v, o, *_bias}: FocusLLM's candidate projections (optional).
+  LlamaForCausalLM            model, lm_head (None when embeddings are tied)
+    LlamaModel                embed_tokens, layers, norm
+      DecoderLayer            self_attn, mlp, input_layernorm, post_attention_layernorm
+        Attention             q_proj, k_proj, v_proj, o_proj (+ candidate_{q,k,v,o}_proj)
+        MLP                   gate_proj, up_proj, down_proj
+      RMSNorm                 weight
 
-`forward` takes explicit positions (for RoPE), an order/validity mask (see
-attention.py), an optional prefix of extra keys/values (FocusLLM memory), an
-optional KV cache and the index of one candidate token per row. Keys and
-values are kept before RoPE everywhere, so a cache or a memory can be placed
-at any positions later.
+Weights are `nnx.Param` stored [in, out] (`kernel`); FocusLLM's candidate
+projections are `CandidateParam`, a subclass, so the trainable set is a type
+(`nnx.state(model, CandidateParam)`). Every variable carries logical axis
+names (`out_sharding`, see focus_jax.parallel.LOGICAL_RULES). `model.layers`
+is ONE DecoderLayer whose variables have a leading "layers" axis; the call
+runs `jax.lax.scan` over its split state with `nnx.merge` in the body, so
+compile time does not grow with depth.
+
+The call keeps an explicit contract (see `LlamaForCausalLM.__call__`):
+positions for RoPE, an order/validity mask, a prefix of extra keys/values
+(FocusLLM memory), a KV cache, the index of one candidate token per row and
+attention options. Keys and values are kept before RoPE everywhere, so a cache
+or a memory can be placed at any positions later. Caches and prefixes are
+plain pytrees passed in and returned.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import nnx
 
 from focus_jax.config import CANDIDATE_PROJS, ModelConfig
 from focus_jax.model.attention import attention
 from focus_jax.model.rope import inv_frequencies
+
+
+class CandidateParam(nnx.Param):
+  """FocusLLM's candidate projections: the only parameters that train."""
 
 
 class Prefix(NamedTuple):
@@ -43,6 +59,39 @@ class KVCache(NamedTuple):
   index: jax.Array  # [] int32, next free slot
 
 
+class AttnOptions(NamedTuple):
+  """How attention runs (hashable, static): blocking and SelfExtend.
+
+  block_q, block_k: query/key block sizes; dense_max: one dense block when
+  T * S <= dense_max. selfextend: (group_size, neighbor_window) or None.
+  """
+  block_q: int = 256
+  block_k: int = 256
+  dense_max: int = 512 * 1024
+  selfextend: tuple[int, int] | None = None
+
+
+class ForwardOutput(NamedTuple):
+  logits: jax.Array | None   # [B, T or 1, V] float32 (None when logits=None)
+  hidden: jax.Array          # [B, T, D] after the final norm
+  cache: KVCache | None      # the updated cache (None without one)
+  kv: tuple | None           # (k, v) [L, B, T, KV, hd] pre-RoPE, with return_kv
+
+
+class LayerContext(NamedTuple):
+  """What every layer of one call shares (built once by `make_context`)."""
+  positions: jax.Array       # [B, T] query RoPE positions
+  order: jax.Array           # [B, T]
+  k_pos: jax.Array           # [B, S] keys (prefix ++ cache or tokens)
+  k_order: jax.Array
+  k_valid: jax.Array
+  inv_freq: jax.Array
+  cand_onehot: jax.Array | None   # [B, T] bool: the token using candidate projections
+  cand_idx: jax.Array | None      # [B]
+  cache_index: jax.Array | None
+  attn: AttnOptions
+
+
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
   dtype = dtype or cfg.dtype
   shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, cfg.head_dim)
@@ -51,168 +100,278 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
                  jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
 
 
-def _shapes(cfg: ModelConfig) -> dict:
-  d, hq, hk, i, n = (cfg.hidden_size, cfg.num_heads * cfg.head_dim,
-                     cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size, cfg.num_layers)
-  layers = {"attn_norm": (n, d), "q": (n, d, hq), "k": (n, d, hk), "v": (n, d, hk),
-            "o": (n, hq, d), "mlp_norm": (n, d), "gate": (n, d, i), "up": (n, d, i),
-            "down": (n, i, d)}
-  if cfg.attention_bias:
-    layers.update(q_bias=(n, hq), k_bias=(n, hk), v_bias=(n, hk), o_bias=(n, d))
-  if cfg.mlp_bias:
-    layers.update(gate_bias=(n, i), up_bias=(n, i), down_bias=(n, d))
-  out = {"embed": (cfg.vocab_size, d), "layers": layers, "final_norm": (d,)}
-  if not cfg.tie_word_embeddings:
-    out["lm_head"] = (d, cfg.vocab_size)
-  return out
+def _var(kind, value, axes):
+  return kind(value, out_sharding=axes, eager_sharding=False)
 
 
-def init_params(cfg: ModelConfig, key, std: float = 0.02) -> dict:
-  """Random parameters (normal weights, unit norms, zero biases)."""
-  shapes = _shapes(cfg)
-  flat, tree = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-  keys = jax.random.split(key, len(flat))
-  paths = [jax.tree_util.keystr(p) for p, _ in
-           jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
-  leaves = []
-  for k, shape, path in zip(keys, flat, paths):
-    if "norm" in path:
-      leaves.append(jnp.ones(shape, cfg.pdtype))
-    elif "bias" in path:
-      leaves.append(jnp.zeros(shape, cfg.pdtype))
-    else:
-      leaves.append((std * jax.random.normal(k, shape)).astype(cfg.pdtype))
-  return jax.tree.unflatten(tree, leaves)
+class Linear(nnx.Module):
+  """y = x @ kernel (+ bias); kernel [in, out] and bias [out] of variable type `kind`."""
+
+  def __init__(self, kernel, bias=None, *, axes: tuple, kind=nnx.Param):
+    self.kernel = _var(kind, kernel, axes)
+    self.bias = nnx.data(None if bias is None else _var(kind, bias, axes[1:]))
+
+  @classmethod
+  def random(cls, din: int, dout: int, *, bias: bool, axes: tuple, cfg: ModelConfig,
+             rngs: nnx.Rngs, std: float = 0.02) -> "Linear":
+    w = (std * jax.random.normal(rngs.params(), (din, dout))).astype(cfg.pdtype)
+    return cls(w, jnp.zeros((dout,), cfg.pdtype) if bias else None, axes=axes)
+
+  def copy_as(self, kind) -> "Linear":
+    """A copy of these weights as variables of type `kind` (same axis names)."""
+    axes = self.kernel.get_metadata()["out_sharding"]
+    b = None if self.bias is None else jnp.array(self.bias[...], copy=True)
+    return Linear(jnp.array(self.kernel[...], copy=True), b, axes=axes, kind=kind)
+
+  def __call__(self, x):
+    y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+    return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
-def add_candidate_params(params: dict, projs=CANDIDATE_PROJS) -> dict:
-  """Returns params with `candidate` initialised as copies of the chosen projections."""
-  layers = params["layers"]
-  cand = {}
-  for p in projs:
-    cand[p] = jnp.array(layers[p], copy=True)
-    if f"{p}_bias" in layers:
-      cand[f"{p}_bias"] = jnp.array(layers[f"{p}_bias"], copy=True)
-  return {**params, "candidate": cand}
+class RMSNorm(nnx.Module):
+  def __init__(self, dim: int, eps: float, cfg: ModelConfig):
+    self.weight = _var(nnx.Param, jnp.ones((dim,), cfg.pdtype), ("norm",))
+    self.eps = eps
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...].astype(x.dtype) * xf.astype(x.dtype)
 
 
-def rms_norm(x, weight, eps):
-  xf = x.astype(jnp.float32)
-  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-  return weight.astype(x.dtype) * xf.astype(x.dtype)
+class MLP(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, std: float = 0.02):
+    d, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+    self.gate_proj = Linear.random(d, i, bias=b, axes=("embed", "mlp"), cfg=cfg, rngs=rngs, std=std)
+    self.up_proj = Linear.random(d, i, bias=b, axes=("embed", "mlp"), cfg=cfg, rngs=rngs, std=std)
+    self.down_proj = Linear.random(i, d, bias=b, axes=("mlp", "embed"), cfg=cfg, rngs=rngs, std=std)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def _linear(x, w, b=None):
-  y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
-  return y if b is None else y + b.astype(x.dtype)
+_PROJ_AXES = {"q": ("embed", "heads"), "k": ("embed", "kv_heads"), "v": ("embed", "kv_heads"),
+              "o": ("heads", "embed")}
 
 
-def _proj(x, lp, cp, name, cand_onehot, cand_x):
-  """Projection `name`; the candidate token (one per row) uses the candidate weights."""
-  y = _linear(x, lp[name], lp.get(f"{name}_bias"))
-  if cp is None or name not in cp:
-    return y
-  yc = _linear(cand_x, cp[name], cp.get(f"{name}_bias"))  # [B,1,out]
-  return jnp.where(cand_onehot[..., None], yc, y)
+class Attention(nnx.Module):
+  """Self-attention over pre-RoPE keys; the candidate token uses candidate_*_proj."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, std: float = 0.02):
+    d, hq, hk = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    dims = {"q": (d, hq), "k": (d, hk), "v": (d, hk), "o": (hq, d)}
+    self.config = cfg
+    for p in CANDIDATE_PROJS:
+      setattr(self, f"{p}_proj", Linear.random(*dims[p], bias=cfg.attention_bias, axes=_PROJ_AXES[p],
+                                        cfg=cfg, rngs=rngs, std=std))
+      setattr(self, f"candidate_{p}_proj", nnx.data(None))
+
+  def _proj(self, p: str, x, ctx: LayerContext, x_cand):
+    y = getattr(self, f"{p}_proj")(x)
+    cand = getattr(self, f"candidate_{p}_proj")
+    if cand is None or ctx.cand_onehot is None:
+      return y
+    return jnp.where(ctx.cand_onehot[..., None], cand(x_cand), y)
+
+  def __call__(self, h, ctx: LayerContext, prefix_kv=None, cache_kv=None):
+    """h [B,T,D] -> (out [B,T,D], updated cache (k, v) or None, this call's pre-RoPE (k, v))."""
+    cfg = self.config
+    b, t, _ = h.shape
+    pick = lambda x: (None if ctx.cand_idx is None else
+                      jnp.take_along_axis(x, ctx.cand_idx[:, None, None], axis=1))
+    hc = pick(h)
+    q = self._proj("q", h, ctx, hc).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = self._proj("k", h, ctx, hc).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = self._proj("v", h, ctx, hc).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    keys, vals, new_cache = k, v, None
+    if cache_kv is not None:
+      at = (0, ctx.cache_index, 0, 0)
+      keys = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), at)
+      vals = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), at)
+      new_cache = (keys, vals)
+    if prefix_kv is not None:
+      keys = jnp.concatenate([prefix_kv[0].astype(keys.dtype), keys], 1)
+      vals = jnp.concatenate([prefix_kv[1].astype(vals.dtype), vals], 1)
+    o = ctx.attn
+    a = attention(q, keys.astype(h.dtype), vals.astype(h.dtype), ctx.positions, ctx.k_pos,
+                  ctx.order, ctx.k_order, ctx.k_valid, ctx.inv_freq, selfextend=o.selfextend,
+                  block_q=o.block_q, block_k=o.block_k, dense_max=o.dense_max)
+    a = a.reshape(b, t, cfg.num_heads * cfg.head_dim)
+    return self._proj("o", a, ctx, pick(a)), new_cache, (k, v)
 
 
-def forward(params: dict, cfg: ModelConfig, tokens, positions, *, order=None, valid=None,
-            candidate_index=None, prefix: Prefix | None = None, cache: KVCache | None = None,
-            selfextend=None, logits: str | None = "all", return_kv: bool = False,
-            stop_gradient_base: bool = False, block_q: int = 256, block_k: int = 256,
-            dense_max: int = 512 * 1024):
-  """Runs the decoder on tokens [B,T] at RoPE positions [B,T].
+class DecoderLayer(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, std: float = 0.02):
+    self.self_attn = Attention(cfg, rngs, std)
+    self.mlp = MLP(cfg, rngs, std)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
 
-  order: [B,T] mask order (default: positions); valid: [B,T] bool (default all).
-  candidate_index: [B] int, the one token per row that uses `params["candidate"]`
-    (-1 or out of range: none). prefix: extra keys before the tokens.
-  cache: KVCache; the tokens' keys are written at cache.index and attention runs
-    over the whole cache. selfextend: (group_size, neighbor_window) or None.
-  logits: "all", "last" (the last position of each row) or None.
-  block_q, block_k, dense_max: attention blocking (dense when T * S <= dense_max).
-  Returns dict(logits, hidden, cache (updated or None), kv=(k, v) [L,B,T,KV,hd]).
-  """
-  b, t = tokens.shape
-  dt = cfg.dtype
+  def __call__(self, x, ctx: LayerContext, prefix_kv=None, cache_kv=None):
+    a, new_cache, kv = self.self_attn(self.input_layernorm(x), ctx, prefix_kv, cache_kv)
+    x = x + a
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return x, new_cache, kv
+
+
+def make_context(cfg: ModelConfig, positions, *, order=None, valid=None, candidate_index=None,
+                 prefix: Prefix | None = None, cache: KVCache | None = None,
+                 attn: AttnOptions = AttnOptions()) -> LayerContext:
+  """The per-call inputs every layer shares: key positions/order/validity, RoPE, candidate."""
+  b, t = positions.shape
   order = positions if order is None else order
   valid = jnp.ones((b, t), bool) if valid is None else valid
-  cand = params.get("candidate") if candidate_index is not None else None
-  if cand is not None:
-    cand_onehot = jnp.arange(t)[None, :] == jnp.asarray(candidate_index)[:, None]  # [B,T]
-    cand_idx = jnp.clip(jnp.asarray(candidate_index), 0, t - 1)
-  else:
-    cand_onehot = cand_idx = None
-
+  cand_onehot = cand_idx = None
+  if candidate_index is not None:
+    candidate_index = jnp.asarray(candidate_index)
+    cand_onehot = jnp.arange(t)[None, :] == candidate_index[:, None]
+    cand_idx = jnp.clip(candidate_index, 0, t - 1)
   max_pos = jnp.max(positions)
+  k_pos, k_ord, k_val, index = positions, order, valid, None
+  if cache is not None:
+    index = cache.index
+    max_pos = jnp.maximum(max_pos, jnp.max(jnp.where(cache.valid, cache.pos, 0)))
+    k_pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32), (0, index))
+    k_ord = jax.lax.dynamic_update_slice(cache.order, order.astype(jnp.int32), (0, index))
+    k_val = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
   if prefix is not None:
     max_pos = jnp.maximum(max_pos, jnp.max(prefix.pos))
-  if cache is not None:
-    max_pos = jnp.maximum(max_pos, jnp.max(jnp.where(cache.valid, cache.pos, 0)))
-  inv_freq = inv_frequencies(cfg, max_pos + 1)
-
-  if cache is not None:
-    idx = cache.index
-    c_pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32), (0, idx))
-    c_ord = jax.lax.dynamic_update_slice(cache.order, order.astype(jnp.int32), (0, idx))
-    c_val = jax.lax.dynamic_update_slice(cache.valid, valid, (0, idx))
-    k_pos, k_ord, k_val = c_pos, c_ord, c_val
-  else:
-    k_pos, k_ord, k_val = positions, order, valid
-  if prefix is not None:
     k_pos = jnp.concatenate([prefix.pos, k_pos], 1)
     k_ord = jnp.concatenate([prefix.order, k_ord], 1)
     k_val = jnp.concatenate([prefix.valid, k_val], 1)
+  return LayerContext(positions, order, k_pos, k_ord, k_val, inv_frequencies(cfg, max_pos + 1),
+                      cand_onehot, cand_idx, index, attn)
 
-  layers = params["layers"]
-  base = jax.lax.stop_gradient(layers) if stop_gradient_base else layers
-  x = jnp.take(params["embed"], tokens, axis=0).astype(dt)
-  if stop_gradient_base:
-    x = jax.lax.stop_gradient(x)
-  hq, hk, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
-  def layer(x, xs):
-    lp, cp, pre, cch = xs
-    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-    hc = None if cp is None else jnp.take_along_axis(h, cand_idx[:, None, None], axis=1)
-    q = _proj(h, lp, cp, "q", cand_onehot, hc).reshape(b, t, hq, hd)
-    k = _proj(h, lp, cp, "k", cand_onehot, hc).reshape(b, t, hk, hd)
-    v = _proj(h, lp, cp, "v", cand_onehot, hc).reshape(b, t, hk, hd)
+def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs, std: float) -> DecoderLayer:
+  """One DecoderLayer whose variables carry a leading "layers" axis of num_layers."""
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def create(r):
+    return DecoderLayer(cfg, r, std)
+  return create(rngs)
+
+
+class Embedding(nnx.Module):
+  """Token embeddings [V, D] (`embedding`)."""
+
+  def __init__(self, table):
+    self.embedding = _var(nnx.Param, table, ("vocab", "embed"))
+
+  def __call__(self, tokens):
+    return jnp.take(self.embedding[...], tokens, axis=0)
+
+
+class LlamaModel(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, std: float = 0.02):
+    self.config = cfg
+    emb = std * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size))
+    self.embed_tokens = Embedding(emb.astype(cfg.pdtype))
+    self.layers = _stacked_layers(cfg, rngs, std)
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
+
+  def __call__(self, tokens, ctx: LayerContext, prefix: Prefix | None = None,
+               cache: KVCache | None = None, return_kv: bool = False):
+    """Returns (hidden after the final norm, new cache (k, v) stacked or None, kv or None)."""
+    x = self.embed_tokens(tokens).astype(self.config.dtype)
+    graphdef, state = nnx.split(self.layers)
+
+    def body(x, xs):
+      layer_state, pre, cch = xs
+      x, new_cache, kv = nnx.merge(graphdef, layer_state)(x, ctx, pre, cch)
+      return x, (new_cache, kv if return_kv else None)
+
+    pre = None if prefix is None else (prefix.k, prefix.v)
+    cch = None if cache is None else (cache.k, cache.v)
+    x, (new_kv, kv) = jax.lax.scan(body, x, (state, pre, cch))
+    return self.norm(x), new_kv, kv
+
+
+class LlamaForCausalLM(nnx.Module):
+  """transformers' LlamaForCausalLM: GQA/MQA, tied or untied head, biases, RoPE variants."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None, std: float = 0.02):
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    self.config = cfg
+    self.model = LlamaModel(cfg, rngs, std)
+    self.lm_head = nnx.data(None if cfg.tie_word_embeddings else Linear.random(
+        cfg.hidden_size, cfg.vocab_size, bias=False, axes=("embed", "vocab"), cfg=cfg,
+        rngs=rngs, std=std))
+
+  def unembed(self, h):
+    """Float32 logits of hidden states [..., D] (the tied embedding or lm_head)."""
+    head = (self.model.embed_tokens.embedding[...].T if self.lm_head is None
+            else self.lm_head.kernel[...])
+    return jnp.einsum("...d,dv->...v", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
+
+  def set_config(self, cfg: ModelConfig) -> "LlamaForCausalLM":
+    """Replaces the config in every module (e.g. another compute dtype); same shapes only."""
+    if dataclasses.replace(cfg, compute_dtype="float32", param_dtype="float32") != \
+        dataclasses.replace(self.config, compute_dtype="float32", param_dtype="float32"):
+      raise ValueError("set_config may change the dtypes only")
+    for _, m in nnx.iter_modules(self):
+      if hasattr(m, "config"):
+        m.config = cfg
+    return self
+
+  @property
+  def has_candidates(self) -> bool:
+    return any(getattr(self.model.layers.self_attn, f"candidate_{p}_proj") is not None
+               for p in CANDIDATE_PROJS)
+
+  def __call__(self, tokens, positions, *, order=None, valid=None, candidate_index=None,
+               prefix: Prefix | None = None, cache: KVCache | None = None,
+               attn: AttnOptions = AttnOptions(), logits: str | None = "all",
+               return_kv: bool = False) -> ForwardOutput:
+    """Runs the decoder on tokens [B,T] at RoPE positions [B,T].
+
+    order: [B,T] mask order (default: positions); key j is visible to query i
+      when valid[j] and order[j] <= order[i]. valid: [B,T] bool (default all).
+    candidate_index: [B] int, the one token per row that uses the candidate
+      projections (-1 or out of range: none).
+    prefix: extra keys before the tokens (FocusLLM memory).
+    cache: KVCache; the tokens' keys are written at cache.index and attention
+      runs over the whole cache.
+    attn: AttnOptions (blocking, SelfExtend).
+    logits: "all", "last" (the last position of each row) or None.
+    """
+    if candidate_index is not None and not self.has_candidates:
+      raise ValueError("candidate_index given but the model has no candidate projections "
+                       "(focus_jax.model.add_candidates)")
+    ctx = make_context(self.config, positions, order=order, valid=valid,
+                       candidate_index=candidate_index, prefix=prefix, cache=cache, attn=attn)
+    x, new_kv, kv = self.model(tokens, ctx, prefix, cache, return_kv)
     new_cache = None
-    if cch is not None:
-      ck = jax.lax.dynamic_update_slice(cch[0], k.astype(cch[0].dtype), (0, cache.index, 0, 0))
-      cv = jax.lax.dynamic_update_slice(cch[1], v.astype(cch[1].dtype), (0, cache.index, 0, 0))
-      keys, vals, new_cache = ck, cv, (ck, cv)
-    else:
-      keys, vals = k, v
-    if pre is not None:
-      keys = jnp.concatenate([pre[0].astype(keys.dtype), keys], 1)
-      vals = jnp.concatenate([pre[1].astype(vals.dtype), vals], 1)
-    a = attention(q, keys.astype(dt), vals.astype(dt), positions, k_pos, order, k_ord, k_val,
-                  inv_freq, selfextend=selfextend, block_q=block_q, block_k=block_k,
-                  dense_max=dense_max)
-    a = a.reshape(b, t, hq * hd)
-    ac = None if cp is None else jnp.take_along_axis(a, cand_idx[:, None, None], axis=1)
-    x = x + _proj(a, lp, cp, "o", cand_onehot, ac)
-    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-    gate = _linear(h, lp["gate"], lp.get("gate_bias"))
-    up = _linear(h, lp["up"], lp.get("up_bias"))
-    x = x + _linear(jax.nn.silu(gate) * up, lp["down"], lp.get("down_bias"))
-    return x, (new_cache, (k, v) if return_kv else None)
-
-  pre = None if prefix is None else (prefix.k, prefix.v)
-  cch = None if cache is None else (cache.k, cache.v)
-  x, (new_kv, kv) = jax.lax.scan(layer, x, (base, cand, pre, cch))
-  x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-  out = {"hidden": x, "kv": kv, "cache": None, "logits": None}
-  if cache is not None:
-    out["cache"] = KVCache(new_kv[0], new_kv[1], c_pos, c_ord, c_val, cache.index + t)
-  if logits is not None:
-    hsel = x if logits == "all" else x[:, -1:]
-    head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
-    out["logits"] = jnp.einsum("btd,dv->btv", hsel, head.astype(dt),
-                               preferred_element_type=jnp.float32)
-  return out
+    if cache is not None:  # the cache's slots are the last ones of the key arrays
+      tail = lambda a: a[:, a.shape[1] - cache.pos.shape[1]:]
+      new_cache = KVCache(new_kv[0], new_kv[1], tail(ctx.k_pos), tail(ctx.k_order),
+                          tail(ctx.k_valid), cache.index + tokens.shape[1])
+    out = None
+    if logits is not None:
+      out = self.unembed(x if logits == "all" else x[:, -1:])
+    return ForwardOutput(out, x, new_cache, kv)
 
 
-def param_count(params) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+def add_candidates(model: LlamaForCausalLM, projs=CANDIDATE_PROJS) -> LlamaForCausalLM:
+  """Adds candidate projections (CandidateParam) as copies of the chosen q/k/v/o; in place."""
+  bad = set(projs) - set(CANDIDATE_PROJS)
+  if bad or not projs:
+    raise ValueError(f"candidate projections must be a non-empty subset of {CANDIDATE_PROJS}")
+  attn = model.model.layers.self_attn
+  for p in projs:
+    setattr(attn, f"candidate_{p}_proj", getattr(attn, f"{p}_proj").copy_as(CandidateParam))
+  return model
+
+
+def remove_candidates(model: LlamaForCausalLM) -> LlamaForCausalLM:
+  """Drops every candidate projection; in place."""
+  for p in CANDIDATE_PROJS:
+    setattr(model.model.layers.self_attn, f"candidate_{p}_proj", None)
+  return model
+
+
+def param_count(tree) -> int:
+  """Number of numbers in a module, a State or any pytree of arrays."""
+  if isinstance(tree, nnx.Module):
+    tree = nnx.state(tree)
+  return int(sum(x.size for x in jax.tree.leaves(tree)))

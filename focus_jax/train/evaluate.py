@@ -18,7 +18,9 @@ import jax
 import numpy as np
 
 from focus_jax.data import BatchSpec, step_iterator
-from focus_jax.focus.losses import join_params, split_params, task_losses
+from flax import nnx
+
+from focus_jax.focus.losses import split_model, task_losses
 from focus_jax.train import setup
 from focus_jax.train.checkpoints import TrainCheckpoints
 from focus_jax.train.optim import make_optimizer, make_schedule
@@ -32,14 +34,14 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None)
   """Mean held-out losses of the checkpoint at `step` (default: latest; 0: initial)."""
   model = setup.load_model(config)
   cfg = model.cfg
-  cand, frozen = split_params(model.params)
+  graphdef, cand, frozen = split_model(model.module)
   ckdir = os.path.join(workdir, "checkpoints")
   if step != 0 and os.path.isdir(ckdir):
     ckpts = TrainCheckpoints(ckdir, every=1)
     step = ckpts.latest_step() if step is None else step
     if step is not None:
       tx = make_optimizer(make_schedule(config.lr, config.steps))
-      restored = ckpts.manager.restore(step, args=_state_only(init_state(cand, tx, 0)))
+      restored = ckpts.manager.restore(step, args=_state_only(init_state(cand, tx)))
       cand = restored["state"].params
     ckpts.close()
   step = step or 0
@@ -49,17 +51,17 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None)
   spec = setup.sample_spec(config, cfg, 1)
   source = setup.make_source(eval_config, model, workdir)
   it = step_iterator(source, spec, BatchSpec(global_batch=1), config.seed + EVAL_SEED_OFFSET)
-  params = join_params(cand, frozen)
 
   @jax.jit
-  def losses(p, b):
-    with_mem, _ = task_losses(p, cfg, b)
-    no_mem, _ = task_losses(p, cfg, dict(b, n_memory=b["n_memory"] * 0))
+  def losses(c, f, b):
+    m = nnx.merge(graphdef, c, f)
+    with_mem, _ = task_losses(m, b)
+    no_mem, _ = task_losses(m, dict(b, n_memory=b["n_memory"] * 0))
     return with_mem, no_mem
   ce, ce0, kinds = [], [], []
   for _ in range(n_samples):
     b = {k: v[0] for k, v in next(it).items()}
-    a, z = jax.device_get(losses(params, b))
+    a, z = jax.device_get(losses(cand, frozen, b))
     ce.append(a.ravel()), ce0.append(z.ravel()), kinds.append(b["kind"].ravel())
   ce, ce0, kinds = map(np.concatenate, (ce, ce0, kinds))
   out = {"step": int(step), "n_tasks": int(ce.size), "loss": float(ce.mean()),

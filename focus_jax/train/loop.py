@@ -21,8 +21,11 @@ import zlib
 import jax
 import numpy as np
 
+from flax import nnx
+
 from focus_jax import parallel
-from focus_jax.focus.losses import join_params, split_params
+from focus_jax.focus.losses import split_model
+from focus_jax.model import param_count
 from focus_jax.train import setup
 from focus_jax.train.checkpoints import TrainCheckpoints
 from focus_jax.train.metrics import MetricsWriter, Stopwatch
@@ -92,15 +95,15 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
   spec = setup.sample_spec(config, cfg, parallel.axis_size(mesh, "chunk"))
   bspec = setup.batch_spec(config, parallel.axis_size(mesh, "data"))
   source = setup.make_source(config, model, workdir)
+  graphdef, cand, frozen = split_model(model.module)
   log.info("mesh %s; %s; %d params trainable of %d", dict(mesh.shape), source,
-           _count(model.params["candidate"]), _count(model.params))
+           param_count(cand), param_count(cand) + param_count(frozen))
 
   schedule = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay,
                            config.end_lr_factor)
   tx = make_optimizer(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2,
                       eps=config.eps, clip_norm=config.clip_norm)
-  cand, frozen = split_params(model.params)
-  state, frozen = parallel.replicate((init_state(cand, tx, config.seed), frozen), mesh)
+  state, frozen = parallel.replicate((init_state(cand, tx), frozen), mesh)
   data = _iterator(source, spec, bspec, config)
   ckpts = TrainCheckpoints(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
                            keep=config.keep_checkpoints, async_save=config.async_checkpoints)
@@ -113,12 +116,13 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
     state, _ = ckpts.restore(start, state, data)
     ckpts.close()
     writer.close()
-    return {"step": start, "model": export_model(config, workdir, model, state.params, frozen)}
+    return {"step": start,
+            "model": export_model(config, workdir, model, graphdef, state.params, frozen)}
   if start is not None:
     state, data = ckpts.restore(start, state, data)
     writer.truncate(start)
     log.info("resumed from step %d", start)
-  step_fn = make_train_step(cfg, mesh, tx, schedule,
+  step_fn = make_train_step(graphdef, mesh, tx, schedule,
                             tasks_per_step=bspec.samples_per_step * spec.tasks_per_sample,
                             stop_gradient_prefix=config.stop_gradient_prefix)
   stop = StopRequest()
@@ -155,7 +159,7 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
     ckpts.close()
     writer.close()
   if step >= config.steps and config.export_model:
-    export_model(config, workdir, model, state.params, frozen)
+    export_model(config, workdir, model, graphdef, state.params, frozen)
   return {"step": step, **last}
 
 
@@ -164,7 +168,7 @@ def _iterator(source, spec, bspec, config):
   return step_iterator(source, spec, bspec, config.seed)
 
 
-def export_model(config, workdir: str, model, candidate, frozen) -> str | None:
+def export_model(config, workdir: str, model, graphdef, candidate, frozen) -> str | None:
   """Writes WORKDIR/model: base + trained candidate projections (a focus_jax checkpoint)."""
   from focus_jax.checkpoint.orbax import save_checkpoint
   if jax.process_count() > 1:
@@ -172,13 +176,10 @@ def export_model(config, workdir: str, model, candidate, frozen) -> str | None:
                 "projections are in WORKDIR/checkpoints")
     return None
   out = os.path.join(workdir, "model")
-  params = jax.device_get(join_params(candidate, frozen))
-  cfg = model.cfg.replace(compute_dtype="float32")
-  save_checkpoint(out, params, cfg, model.hf_config, tokenizer_src=model.tokenizer_dir,
+  trained = nnx.merge(graphdef, jax.device_get(candidate), jax.device_get(frozen))
+  trained.set_config(model.cfg.replace(compute_dtype="float32"))
+  save_checkpoint(out, trained, model.hf_config, tokenizer_src=model.tokenizer_dir,
                   focus_config=setup.focus_config(config), overwrite=True)
   log.info("trained model written to %s", out)
   return out
 
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -16,7 +16,9 @@ import jax
 from focus_jax.config import FocusConfig, ModelConfig
 from focus_jax.data import (BatchSpec, ByteTokenizer, SampleSpec, TokenWindows, hf_tokenizer,
                             synthetic_documents)
-from focus_jax.model import add_candidate_params, init_params
+from flax import nnx
+
+from focus_jax.model import LlamaForCausalLM, add_candidates
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Model:
   cfg: ModelConfig              # compute dtype as configured for training
-  params: dict                  # with "candidate"
+  module: LlamaForCausalLM      # with candidate projections
   hf_config: dict | None = None
   tokenizer_dir: str | None = None
   source: str = "tiny"
@@ -37,21 +39,22 @@ def load_model(config) -> Model:
     t = dict(config.tiny)
     std = t.pop("init_std", 0.02)
     cfg = ModelConfig(**t, bos_token_id=ByteTokenizer.bos_id, eos_token_ids=(ByteTokenizer.eos_id,))
-    params = init_params(cfg, jax.random.PRNGKey(config.seed), std=std)
-    params = add_candidate_params(params, projs)
-    model = Model(cfg, params)
+    module = add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(config.seed), std=std), projs)
+    model = Model(cfg, module)
   else:
     from focus_jax.checkpoint.orbax import load_checkpoint
     if not os.path.isdir(config.model):
       raise FileNotFoundError(f"config.model={config.model!r}: no such checkpoint folder "
                               "(create one with python -m launch.convert)")
-    cfg, params, extras = load_checkpoint(config.model)
-    if "candidate" not in params:
-      params = add_candidate_params(params, projs)
+    module, extras = load_checkpoint(config.model)
+    if not module.has_candidates:
+      add_candidates(module, projs)
       log.info("candidate projections %s initialised as copies of the attention projections",
                projs)
-    model = Model(cfg, params, extras["hf_config"], extras["tokenizer_dir"], config.model)
+    model = Model(module.config, module, extras["hf_config"], extras["tokenizer_dir"],
+                  config.model)
   model.cfg = model.cfg.replace(compute_dtype=config.dtype)
+  model.module.set_config(model.cfg)
   return model
 
 

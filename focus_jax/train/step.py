@@ -15,8 +15,9 @@ shard_map each device:
   5. sums gradients over all devices (psum) and loss sums over `data`.
 The summed gradient is that of the mean task loss: the transposes of
 all_to_all / all_gather return each memory row's cotangent to its device.
-Only the candidate projections and their AdamW state are in TrainState; the
-frozen model is a separate, replicated argument with no optimiser state.
+Only the candidate projections (the CandidateParam State of `split_model`)
+and their AdamW state are in TrainState; the frozen State is a separate,
+replicated argument with no optimiser state.
 """
 from __future__ import annotations
 
@@ -27,24 +28,23 @@ import jax.numpy as jnp
 import optax
 
 from focus_jax import parallel
-from focus_jax.config import ModelConfig
-from focus_jax.focus.losses import join_params, loss_sums, task_losses
+from flax import nnx
+
+from focus_jax.focus.losses import loss_sums, task_losses
 
 ROW_KEYS = ("chunk_tokens", "chunk_valid")
 
 
 class TrainState(NamedTuple):
   step: jax.Array        # [] int32, optimiser steps done
-  params: dict           # trainable candidate projections
+  params: nnx.State      # trainable candidate projections (CandidateParam)
   opt_state: optax.OptState
-  rng: jax.Array         # [2] uint32, for stochastic extensions (unused by the losses)
 
 
-def init_state(candidate: dict, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(candidate: nnx.State, tx: optax.GradientTransformation) -> TrainState:
   """Step 0; the candidate params are copied (the step donates the state's buffers)."""
   candidate = jax.tree.map(lambda x: jnp.array(x, copy=True), candidate)
-  return TrainState(jnp.zeros((), jnp.int32), candidate, tx.init(candidate),
-                    jax.random.PRNGKey(seed))
+  return TrainState(jnp.zeros((), jnp.int32), candidate, tx.init(candidate))
 
 
 def batch_specs(mesh, batch: dict) -> dict:
@@ -70,10 +70,12 @@ def place_batch(mesh, local_batch: dict) -> dict:
   return out
 
 
-def make_train_step(cfg: ModelConfig, mesh, tx: optax.GradientTransformation,
+def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, tasks_per_step: int,
                     stop_gradient_prefix: bool = True):
   """Returns step(state, frozen, batch) -> (state, metrics), jitted, state donated.
+
+  graphdef: of the model with candidates (`split_model`); frozen: its frozen State.
 
   tasks_per_step: the number of tasks in one optimiser step over all hosts
   (A * global batch * T); the loss is their mean.
@@ -105,7 +107,7 @@ def make_train_step(cfg: ModelConfig, mesh, tx: optax.GradientTransformation,
     sum_axes = axes if split else data_axes
 
     def objective(c, mb):
-      ce, kind = task_losses(join_params(c, frozen), cfg, mb,
+      ce, kind = task_losses(nnx.merge(graphdef, c, frozen), mb,
                              stop_gradient_prefix=stop_gradient_prefix, route=route)
       return ce.sum() / (tasks_per_step * repeats), (ce, kind)
 
@@ -131,6 +133,6 @@ def make_train_step(cfg: ModelConfig, mesh, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(sums, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
-    return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+    return TrainState(state.step + 1, params, opt_state), metrics
 
   return jax.jit(step, donate_argnums=0)

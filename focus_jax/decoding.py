@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax.config import ModelConfig
-from focus_jax.model import forward, init_cache
+from flax import nnx
+
+from focus_jax.model import AttnOptions, init_cache
 from focus_jax.sampling import Sampler
 
 
@@ -27,29 +28,34 @@ def bucket(n: int, multiple: int = 256) -> int:
   return -(-n // multiple) * multiple
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "selfextend", "cache_size"))
-def prefill(params, cfg: ModelConfig, tokens, *, cache_size: int, selfextend=None):
+@functools.partial(jax.jit, static_argnames=("graphdef", "attn", "cache_size"))
+def prefill(graphdef, state, tokens, *, cache_size: int, attn: AttnOptions = AttnOptions()):
   """Runs a prompt [B,T] (left padding marked by token id -1) into a fresh cache."""
+  model = nnx.merge(graphdef, state)
   valid = tokens >= 0
   positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-  cache = init_cache(cfg, tokens.shape[0], cache_size)
-  out = forward(params, cfg, jnp.maximum(tokens, 0), positions, valid=valid, cache=cache,
-                selfextend=selfextend, logits="last")
-  return out["logits"][:, -1], out["cache"], positions[:, -1]
+  cache = init_cache(model.config, tokens.shape[0], cache_size)
+  out = model(jnp.maximum(tokens, 0), positions, valid=valid, cache=cache, attn=attn,
+              logits="last")
+  return out.logits[:, -1], out.cache, positions[:, -1]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "selfextend"), donate_argnames=("cache",))
-def decode_step(params, cfg: ModelConfig, cache, token, position, *, selfextend=None):
+@functools.partial(jax.jit, static_argnames=("graphdef", "attn"), donate_argnames=("cache",))
+def decode_step(graphdef, state, cache, token, position, *, attn: AttnOptions = AttnOptions()):
   """One token per row [B] at positions [B] on top of the cache."""
-  out = forward(params, cfg, token[:, None], position[:, None], cache=cache,
-                selfextend=selfextend, logits="last")
-  return out["logits"][:, -1], out["cache"]
+  out = nnx.merge(graphdef, state)(token[:, None], position[:, None], cache=cache, attn=attn,
+                                    logits="last")
+  return out.logits[:, -1], out.cache
 
 
-def generate_plain(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,
-                   sampler: Sampler = Sampler(), *, selfextend=None, stop_at_eos: bool = True,
-                   eos_ids=None) -> Generation:
-  """Generates up to max_new_tokens after `prompt` (ids used exactly as given)."""
+def generate_plain(model, prompt: Sequence[int], max_new_tokens: int,
+                   sampler: Sampler = Sampler(), *, attn: AttnOptions = AttnOptions(),
+                   stop_at_eos: bool = True, eos_ids=None) -> Generation:
+  """Generates up to max_new_tokens after `prompt` (ids used exactly as given).
+
+  attn: attention options (SelfExtend: attn.selfextend = (G, W)).
+  """
+  cfg = model.config
   prompt = np.asarray(prompt, np.int32)
   if prompt.ndim != 1 or prompt.size == 0:
     raise ValueError(f"prompt must be a non-empty 1-D id sequence, got shape {prompt.shape}")
@@ -58,12 +64,13 @@ def generate_plain(params, cfg: ModelConfig, prompt: Sequence[int], max_new_toke
   if max_new_tokens < 1:
     raise ValueError("max_new_tokens must be >= 1")
   eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
+  graphdef, state = nnx.split(model)
   # Left-pad the prompt to a bucket so prompts of similar length share one compilation.
   t = bucket(prompt.size)
   padded = np.full((1, t), -1, np.int32)
   padded[0, t - prompt.size:] = prompt
-  logits, cache, pos = prefill(params, cfg, jnp.asarray(padded),
-                               cache_size=bucket(t + max_new_tokens), selfextend=selfextend)
+  logits, cache, pos = prefill(graphdef, state, jnp.asarray(padded),
+                               cache_size=bucket(t + max_new_tokens), attn=attn)
   tokens, rows = [], []
   for step in range(max_new_tokens):
     row = np.asarray(logits[0], np.float32)
@@ -73,6 +80,6 @@ def generate_plain(params, cfg: ModelConfig, prompt: Sequence[int], max_new_toke
     if (stop_at_eos and tok in eos) or step == max_new_tokens - 1:
       break
     pos = pos + 1
-    logits, cache = decode_step(params, cfg, cache, jnp.asarray([tok], jnp.int32), pos,
-                                selfextend=selfextend)
+    logits, cache = decode_step(graphdef, state, cache, jnp.asarray([tok], jnp.int32), pos,
+                                attn=attn)
   return Generation(np.asarray(tokens, np.int32), np.stack(rows))

@@ -25,10 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax.config import FocusConfig, ModelConfig
-from focus_jax.focus import prefill as P_
+from flax import nnx
+
+from focus_jax.config import FocusConfig
+from focus_jax.decoding import Generation, generate_plain
+from focus_jax.focus import steps as P_
 from focus_jax.focus.plan import ChunkPlan, make_plan, round_up, shard_order
-from focus_jax.generate import Generation, generate_plain
+from focus_jax.model import AttnOptions
 from focus_jax.parallel import axis_size, make_mesh, replicate, sharding
 from focus_jax.sampling import Sampler
 
@@ -70,8 +73,8 @@ class _Clock:
         self.out[name] = dt
 
 
-def encode_chunks(params, cfg: ModelConfig, plan: ChunkPlan, mesh, chunk_batch: int, *,
-                  keep_cache: bool, cache_size: int = 0, attn: tuple = (), progress=False):
+def encode_chunks(model, plan: ChunkPlan, mesh, chunk_batch: int, *, keep_cache: bool,
+                  cache_size: int = 0, attn: AttnOptions = AttnOptions(), progress=False):
   """Encodes every chunk row of `plan` (laid out for `mesh` and `chunk_batch`).
 
   Returns (cache or None, mem_k, mem_v, mem_valid, mem_pos): mem arrays
@@ -89,28 +92,30 @@ def encode_chunks(params, cfg: ModelConfig, plan: ChunkPlan, mesh, chunk_batch: 
   size = cache_size if keep_cache else 0
   if keep_cache and size < plan.row_len - 1:
     raise ValueError(f"cache_size {size} < row length - 1 ({plan.row_len - 1})")
-  cache, mem_k, mem_v = P_.alloc_fn(cfg, mesh, plan.n_rows, size, plan.row_len - 1, keep_cache)()
-  encode = P_.encode_fn(cfg, mesh, chunk_batch, keep_cache, attn)
+  graphdef, state = nnx.split(model)
+  cache, mem_k, mem_v = P_.alloc_fn(model.config, mesh, plan.n_rows, size, plan.row_len - 1,
+                                    keep_cache)()
+  encode = P_.encode_fn(graphdef, mesh, chunk_batch, keep_cache, attn)
   batches = range(-(-plan.n_chunks // chunk_batch))   # trailing all-padding batches are skipped
   if progress:
     from tqdm import tqdm
     batches = tqdm(batches, desc=f"chunks ({plan.n_chunks} x {plan.row_len} tokens)",
                    unit="batch")
   for j in batches:
-    cache, mem_k, mem_v = encode(params, tokens, valid, cache, mem_k, mem_v, jnp.int32(j))
+    cache, mem_k, mem_v = encode(state, tokens, valid, cache, mem_k, mem_v, jnp.int32(j))
     if progress:
       mem_k.block_until_ready()   # the bar follows the computation, not the dispatch
   return cache, mem_k, mem_v, mem_valid, mem_pos
 
 
-def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,
+def generate_focus(model, prompt: Sequence[int], max_new_tokens: int,
                    sampler: Sampler = Sampler(), *, focus: FocusConfig = FocusConfig(),
                    decode: str = "exact", mesh=None, chunk_batch: int = 1,
                    progress: bool = False, stop_at_eos: bool = True, eos_ids=None,
-                   attn: tuple = (), timings: dict | None = None) -> Generation:
+                   attn: AttnOptions = AttnOptions(), timings: dict | None = None) -> Generation:
   """Generates up to max_new_tokens after `prompt` (ids used as given) with FocusLLM.
 
-  params must hold `candidate` projections (add_candidate_params). mesh: a
+  model must hold candidate projections (focus_jax.model.add_candidates). mesh: a
   jax Mesh (default: one device); chunk_batch: chunk rows encoded per call,
   rounded up to a multiple of the chunk-axis size. Small batches bound the
   prefill memory and waste nothing on padding rows (trailing all-padding
@@ -131,36 +136,39 @@ def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_toke
   if chunk_batch < 1:
     raise ValueError(f"chunk_batch must be >= 1, got {chunk_batch}")
   clock = _Clock(timings)
+  cfg = model.config
   mesh = make_mesh(None) if mesh is None else mesh
   chunk_batch = round_up(chunk_batch, axis_size(mesh, P_.CHUNK))
   plan = make_plan(prompt, cfg, focus, row_multiple=chunk_batch)
   if not plan.focus:
     clock.record("plain", True)
-    return generate_plain(params, cfg, plan.local, max_new_tokens, sampler,
+    return generate_plain(model, plan.local, max_new_tokens, sampler,
                           stop_at_eos=stop_at_eos, eos_ids=eos_ids)
-  if "candidate" not in params:
-    raise ValueError("FocusLLM needs candidate projections: params['candidate'] is missing "
-                     "(see focus_jax.model.add_candidate_params)")
+  if not model.has_candidates:
+    raise ValueError("FocusLLM needs candidate projections: the model has none "
+                     "(see focus_jax.model.add_candidates)")
   eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
-  params = replicate(params, mesh)
+  graphdef, state = nnx.split(model)
+  state = replicate(state, mesh)
+  model = nnx.merge(graphdef, state)
   exact = decode == "exact"
   cache_size = round_up(plan.row_len - 1 + max_new_tokens - 1, 16) if exact else 0
   clock.record("n_chunks", plan.n_chunks)
   clock.record("n_rows", plan.n_rows)
   cache, mem_k, mem_v, mem_valid, mem_pos = encode_chunks(
-      params, cfg, plan, mesh, chunk_batch, keep_cache=exact, cache_size=cache_size, attn=attn,
+      model, plan, mesh, chunk_batch, keep_cache=exact, cache_size=cache_size, attn=attn,
       progress=progress)
   clock.lap("chunks", mem_k)
   local = [int(t) for t in plan.local]
   toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
   if exact:
-    logits = P_.local_fn(cfg, mesh, attn)(params, mem_k, mem_v, mem_valid, mem_pos, toks, val)
-    step_fn = P_.exact_step_fn(cfg, mesh, attn)
+    logits = P_.local_fn(graphdef, mesh, attn)(state, mem_k, mem_v, mem_valid, mem_pos, toks, val)
+    step_fn = P_.exact_step_fn(graphdef, mesh, attn)
   else:
     size = round_up(toks.shape[0] + max_new_tokens, LOCAL_BUCKET)
-    logits, mem, lcache, pos = P_.fast_prefill_fn(cfg, mesh, size, attn)(
-        params, mem_k, mem_v, mem_valid, mem_pos, toks, val)
-    step_fn = P_.fast_step_fn(cfg, mesh, attn)
+    logits, mem, lcache, pos = P_.fast_prefill_fn(graphdef, mesh, size, attn)(
+        state, mem_k, mem_v, mem_valid, mem_pos, toks, val)
+    step_fn = P_.fast_step_fn(graphdef, mesh, attn)
   clock.lap("prefill", logits, since_start=True)
   prev = int(plan.local[-1])
   tokens, rows = [], []
@@ -176,10 +184,10 @@ def generate_focus(params, cfg: ModelConfig, prompt: Sequence[int], max_new_toke
     if exact:
       local.append(tok)
       toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
-      logits, cache = step_fn(params, cache, mem_valid, jnp.asarray([prev, tok], jnp.int32),
+      logits, cache = step_fn(state, cache, mem_valid, jnp.asarray([prev, tok], jnp.int32),
                               mem_pos, toks, val)
       prev = tok
     else:
-      logits, lcache = step_fn(params, mem, mem_valid, mem_pos, lcache, jnp.int32(tok), pos)
+      logits, lcache = step_fn(state, mem, mem_valid, mem_pos, lcache, jnp.int32(tok), pos)
       pos = pos + 1
   return Generation(np.asarray(tokens, np.int32), np.stack(rows))

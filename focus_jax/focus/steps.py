@@ -1,14 +1,13 @@
-"""Jitted, mesh-sharded FocusLLM pieces: chunk encoding, memory gather, local steps.
+"""Jitted, mesh-sharded FocusLLM steps: chunk encoding, memory gather, local and decode steps.
 
 Chunk rows are split over the mesh's "chunk" axis with `parallel.shard`:
 every device encodes its own rows (`core.chunk_prefix` + `core.chunk_step`)
 and keeps their KV caches, which stay sharded where they were computed.
 Only the candidates' K/V (one entry per row and layer) are all-gathered for
 the local step, which runs replicated. Builders are cached per static
-configuration, so a call with the same shapes reuses its compilation.
-
-`attn` is a hashable tuple of (name, value) pairs for `forward`'s attention
-blocking (block_q, block_k, dense_max).
+configuration (the model's graphdef, the mesh, AttnOptions), so a call with
+the same shapes reuses its compilation; each returned function takes the
+model's state (`nnx.split(model)[1]`) and merges it inside the trace.
 """
 from __future__ import annotations
 
@@ -18,9 +17,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from flax import nnx
+
 from focus_jax.config import ModelConfig
 from focus_jax.focus import core
-from focus_jax.model.llama import KVCache, forward, init_cache
+from focus_jax.model.llama import AttnOptions, KVCache, init_cache
 from focus_jax.parallel import axis_size, shard, sharding, spec
 
 CHUNK = "chunk"
@@ -52,8 +53,8 @@ def alloc_fn(cfg: ModelConfig, mesh, n_rows: int, size: int, index: int, keep: b
 
 
 @functools.lru_cache(maxsize=None)
-def encode_fn(cfg: ModelConfig, mesh, batch: int, keep: bool, attn: tuple = ()):
-  """Encodes chunk batch j in place: (params, tokens, valid, cache, mem_k, mem_v, j) -> (cache, mem_k, mem_v).
+def encode_fn(graphdef, mesh, batch: int, keep: bool, attn: AttnOptions = AttnOptions()):
+  """Encodes chunk batch j in place: (state, tokens, valid, cache, mem_k, mem_v, j) -> (cache, mem_k, mem_v).
 
   Each device encodes rows [j*b, (j+1)*b) of its own block (b = batch / shards):
   prefix (all but the candidate), then the candidate alone on top of it. The
@@ -62,15 +63,16 @@ def encode_fn(cfg: ModelConfig, mesh, batch: int, keep: bool, attn: tuple = ()):
   shards = axis_size(mesh, CHUNK)
   if batch % shards:
     raise ValueError(f"chunk batch {batch} must be a multiple of the chunk axis size {shards}")
-  b, kw = batch // shards, dict(attn)
+  b = batch // shards
 
-  def body(params, tokens, valid, cache, mem_k, mem_v, j):
+  def body(state, tokens, valid, cache, mem_k, mem_v, j):
+    model = nnx.merge(graphdef, state)
     r0 = j * b
     tok = jax.lax.dynamic_slice_in_dim(tokens, r0, b, 0)
     val = jax.lax.dynamic_slice_in_dim(valid, r0, b, 0)
     size = cache.k.shape[2] if keep else tok.shape[1] - 1
-    pc = core.chunk_prefix(params, cfg, tok, val, size, **kw)
-    mk, mv, _ = core.chunk_step(params, cfg, pc, tok[:, -1:], val[:, -1:], **kw)
+    pc = core.chunk_prefix(model, tok, val, size, attn)
+    mk, mv, _ = core.chunk_step(model, pc, tok[:, -1:], val[:, -1:], attn)
     mem_k = jax.lax.dynamic_update_slice_in_dim(mem_k, mk.astype(mem_k.dtype), r0, 1)
     mem_v = jax.lax.dynamic_update_slice_in_dim(mem_v, mv.astype(mem_v.dtype), r0, 1)
     if keep:
@@ -95,88 +97,84 @@ def gather_rows(mesh, *xs, axis: int = 1):
   return shard(body, mesh, in_specs=(in_spec,) * len(xs), out_specs=(P(),) * len(xs))(*xs)
 
 
-def _local_logits(params, cfg, mem_k, mem_v, mem_valid, mem_pos, local, local_valid, kw):
-  return core.local_forward(params, cfg, mem_k[:, None], mem_v[:, None], mem_valid[None],
-                            local[None], local_valid[None], mem_pos=mem_pos[None], **kw)[0]
+def _local_logits(model, mem_k, mem_v, mem_valid, mem_pos, local, local_valid, attn):
+  return core.local_forward(model, mem_k[:, None], mem_v[:, None], mem_valid[None],
+                            local[None], local_valid[None], mem_pos=mem_pos[None], attn=attn)[0]
 
 
 @functools.lru_cache(maxsize=None)
-def local_fn(cfg: ModelConfig, mesh, attn: tuple = ()):
-  """(params, mem_k, mem_v, mem_valid, mem_pos, local [T], local_valid [T]) -> logits [V].
+def local_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
+  """(state, mem_k, mem_v, mem_valid, mem_pos, local [T], local_valid [T]) -> logits [V].
 
   Gathers the memory over the chunk axis, then runs the local tokens
   (left-padded) on it; exact mode runs this from scratch at every step.
   """
-  kw = dict(attn)
-
-  def fn(params, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
+  def fn(state, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
-    return _local_logits(params, cfg, mem_k, mem_v, mem_valid, mem_pos, local, local_valid, kw)
+    return _local_logits(nnx.merge(graphdef, state), mem_k, mem_v, mem_valid, mem_pos, local,
+                         local_valid, attn)
 
   return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=None)
-def exact_step_fn(cfg: ModelConfig, mesh, attn: tuple = ()):
+def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
   """One exact generation step.
 
-  (params, cache, row_valid, pair [2] = [prev, y_t], mem_pos, local, local_valid)
+  (state, cache, row_valid, pair [2] = [prev, y_t], mem_pos, local, local_valid)
   -> (logits [V], cache): every chunk row runs [prev, y_t] on its cache (prev
   appended, y_t the new candidate), the memory is rebuilt from the new
   candidates and the local tokens are recomputed on it. The cache is donated.
   """
-  kw = dict(attn)
   rows = spec(mesh, CHUNK)
 
-  def chunks(params, cache, row_valid, pair):
+  def chunks(state, cache, row_valid, pair):
     n = row_valid.shape[0]
     toks = jnp.broadcast_to(pair[None, :], (n, 2))
     val = jnp.broadcast_to(row_valid[:, None], (n, 2))
-    mem_k, mem_v, cache = core.chunk_step(params, cfg, cache, toks, val, **kw)
+    mem_k, mem_v, cache = core.chunk_step(nnx.merge(graphdef, state), cache, toks, val, attn)
     return cache, mem_k, mem_v
 
   mem = spec(mesh, None, CHUNK)
   sharded = shard(chunks, mesh, in_specs=(P(), cache_specs(mesh), rows, P()),
                   out_specs=(cache_specs(mesh), mem, mem))
 
-  def fn(params, cache, row_valid, pair, mem_pos, local, local_valid):
-    cache, mem_k, mem_v = sharded(params, cache, row_valid, pair)
+  def fn(state, cache, row_valid, pair, mem_pos, local, local_valid):
+    cache, mem_k, mem_v = sharded(state, cache, row_valid, pair)
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
-    logits = _local_logits(params, cfg, mem_k, mem_v, row_valid, mem_pos, local, local_valid, kw)
+    logits = _local_logits(nnx.merge(graphdef, state), mem_k, mem_v, row_valid, mem_pos, local,
+                           local_valid, attn)
     return logits, cache
 
   return jax.jit(fn, donate_argnums=(1,))
 
 
 @functools.lru_cache(maxsize=None)
-def fast_prefill_fn(cfg: ModelConfig, mesh, cache_size: int, attn: tuple = ()):
-  """Fast mode: (params, mem_k, mem_v, mem_valid, mem_pos, local, local_valid)
+def fast_prefill_fn(graphdef, mesh, cache_size: int, attn: AttnOptions = AttnOptions()):
+  """Fast mode: (state, mem_k, mem_v, mem_valid, mem_pos, local, local_valid)
   -> (logits [V], memory (k, v, valid, pos) gathered, local KVCache, next position)."""
-  kw = dict(attn)
-
-  def fn(params, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
+  def fn(state, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
+    model = nnx.merge(graphdef, state)
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
     prefix, n_valid = core.memory_prefix(mem_k[:, None], mem_v[:, None], mem_valid[None],
                                          mem_pos[None])
     pos = core.row_positions(local_valid[None], n_valid)
-    out = forward(params, cfg, local[None], pos, valid=local_valid[None], prefix=prefix,
-                  cache=init_cache(cfg, 1, cache_size), logits="last", **kw)
-    return out["logits"][0, -1], (mem_k, mem_v), out["cache"], pos[0, -1] + 1
+    out = model(local[None], pos, valid=local_valid[None], prefix=prefix,
+                cache=init_cache(model.config, 1, cache_size), logits="last", attn=attn)
+    return out.logits[0, -1], (mem_k, mem_v), out.cache, pos[0, -1] + 1
 
   return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=None)
-def fast_step_fn(cfg: ModelConfig, mesh, attn: tuple = ()):
-  """Fast mode step: (params, (mem_k, mem_v), mem_valid, mem_pos, cache, token, position)
+def fast_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
+  """Fast mode step: (state, (mem_k, mem_v), mem_valid, mem_pos, cache, token, position)
   -> (logits [V], cache). The memory stays frozen at its prefill value."""
-  kw = dict(attn)
-
-  def fn(params, mem, mem_valid, mem_pos, cache, token, position):
+  def fn(state, mem, mem_valid, mem_pos, cache, token, position):
     prefix, _ = core.memory_prefix(mem[0][:, None], mem[1][:, None], mem_valid[None],
                                    mem_pos[None])
-    out = forward(params, cfg, token.reshape(1, 1), position.reshape(1, 1), prefix=prefix,
-                  cache=cache, logits="last", **kw)
-    return out["logits"][0, -1], out["cache"]
+    out = nnx.merge(graphdef, state)(token.reshape(1, 1), position.reshape(1, 1), prefix=prefix,
+                                     cache=cache, logits="last", attn=attn)
+    return out.logits[0, -1], out.cache
 
   return jax.jit(fn, donate_argnums=(4,))
