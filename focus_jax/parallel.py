@@ -96,7 +96,11 @@ def sharding(mesh: Mesh, *dims) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh):
-  """Places every array of `tree` on all devices of `mesh`."""
+  """Places every array of `tree` (a pytree or an nnx.Module) on all devices of `mesh`."""
+  from flax import nnx
+  if isinstance(tree, nnx.Module):
+    graphdef, state = nnx.split(tree)
+    return nnx.merge(graphdef, jax.device_put(state, NamedSharding(mesh, P())))
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 

@@ -47,14 +47,14 @@ def test_sharded_equals_single_device():
 
 def main():
   import jax
-  from focus_reference import TINY, tiny_params
+  from focus_reference import TINY, tiny_model
   from focus_jax.config import FocusConfig
-  from focus_jax.focus.generate import encode_chunks, generate_focus
+  from focus_jax.focus.inference import encode_chunks, generate_focus
   from focus_jax.focus.plan import make_plan
   from focus_jax.parallel import make_mesh, replicate
 
   assert jax.device_count() == 8, jax.devices()
-  params = tiny_params()
+  model = tiny_model()
   fc = FocusConfig(chunk_size=16, local_window=24, fragment_len=8, min_focus_len=40)
   rng = np.random.default_rng(0)
   runs = [(24 + 5 * 16 - 3, "exact", ("chunk:8", "data:2,chunk:4")),   # 5 chunks
@@ -63,10 +63,10 @@ def main():
   for length, decode, meshes in runs:
     x = np.random.default_rng(length).integers(TINY.bos_token_id + 1, TINY.vocab_size,
                                                size=length).astype(np.int32)
-    ref = generate_focus(params, TINY, x, 5, focus=fc, decode=decode, chunk_batch=2,
+    ref = generate_focus(model, x, 5, focus=fc, decode=decode, chunk_batch=2,
                          mesh=make_mesh("chunk:1"))
     for mesh in meshes:
-      got = generate_focus(params, TINY, x, 5, focus=fc, decode=decode, chunk_batch=8,
+      got = generate_focus(model, x, 5, focus=fc, decode=decode, chunk_batch=8,
                            mesh=make_mesh(mesh))
       err = float(np.abs(got.logits - ref.logits).max())
       print(f"L={length} {decode} {mesh}: max |diff| {err:.2e}", flush=True)
@@ -74,7 +74,7 @@ def main():
   # the chunk caches stay split over the chunk axis, one block of rows per device
   mesh = make_mesh("chunk:8")
   plan = make_plan(x, TINY, fc, row_multiple=8)
-  cache, mem_k, *_ = encode_chunks(replicate(params, mesh), TINY, plan, mesh, 8,
+  cache, mem_k, *_ = encode_chunks(replicate(model, mesh), plan, mesh, 8,
                                    keep_cache=True, cache_size=32)
   assert cache.k.sharding.spec[1] == "chunk" and mem_k.sharding.spec[1] == "chunk"
   assert {s.data.shape[1] for s in cache.k.addressable_shards} == {plan.n_rows // 8}

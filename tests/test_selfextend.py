@@ -14,11 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focus_jax import generate as gen_lib
+import functools
+
+from flax import nnx
+
+from focus_jax import decoding as gen_lib
 from focus_jax.config import ModelConfig, SelfExtendConfig
 from focus_jax.eval import passkey
 from focus_jax.eval.passkey import make_passkey_prompt
-from focus_jax.model import forward as _forward, init_cache, init_params
+from focus_jax.model import AttnOptions, LlamaForCausalLM, init_cache
 from focus_jax.model.attention import attention as _attention
 from focus_jax.model.rope import inv_frequencies
 from focus_jax.selfextend import choose_group_size, generate_selfextend, resolve
@@ -29,8 +33,15 @@ CFG = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layer
                   rope=ModelConfig.__dataclass_fields__["rope"].default, eos_token_ids=())
 
 
-forward = jax.jit(_forward, static_argnums=1, static_argnames=(
-    "selfextend", "logits", "block_q", "block_k", "dense_max"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "attn"))
+def _call(graphdef, state, tokens, positions, valid, cache, attn):
+  return nnx.merge(graphdef, state)(tokens, positions, valid=valid, cache=cache, attn=attn)
+
+
+def forward(model, tokens, positions, *, valid=None, cache=None, selfextend=None, **blocks):
+  """The model call, jitted, with SelfExtend and blocking as keyword arguments."""
+  attn = AttnOptions(selfextend=selfextend, **blocks)
+  return _call(*nnx.split(model), tokens, positions, valid, cache, attn)
 attention = jax.jit(_attention, static_argnames=("selfextend", "block_q", "block_k",
                                                  "dense_max"))
 
@@ -81,29 +92,32 @@ def reference_attention(q, k, v, q_pos, k_pos, mask, selfextend, shift=None):
   return out
 
 
-def reference_model(params, cfg, tokens, q_pos, valid, selfextend):
-  """The decoder in numpy over the same parameter pytree; logits [B,T,V]."""
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  lay = p["layers"]
+def reference_model(model, tokens, q_pos, valid, selfextend):
+  """The decoder in numpy over the same module state; logits [B,T,V]."""
+  cfg = model.config
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(nnx.state(model)))
+  lay, att, mlp = p["model"]["layers"], p["model"]["layers"]["self_attn"], p["model"]["layers"]["mlp"]
 
   def norm(x, w):
     return w * x / np.sqrt(np.mean(x * x, -1, keepdims=True) + cfg.rms_norm_eps)
 
   b, t = tokens.shape
   mask = valid[:, None, :] & (q_pos[:, None, :] <= q_pos[:, :, None])
-  x = p["embed"][tokens]
+  w = lambda d, name: d[name]["kernel"]
+  x = p["model"]["embed_tokens"]["embedding"][tokens]
   for li in range(cfg.num_layers):
-    hN = norm(x, lay["attn_norm"][li])
-    q = (hN @ lay["q"][li]).reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = (hN @ lay["k"][li]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    v = (hN @ lay["v"][li]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    hN = norm(x, lay["input_layernorm"]["weight"][li])
+    q = (hN @ w(att, "q_proj")[li]).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = (hN @ w(att, "k_proj")[li]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = (hN @ w(att, "v_proj")[li]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     a = reference_attention(q, k, v, q_pos, q_pos, mask, selfextend).reshape(b, t, -1)
-    x = x + a @ lay["o"][li]
-    hN = norm(x, lay["mlp_norm"][li])
-    gate = hN @ lay["gate"][li]
-    x = x + ((gate / (1 + np.exp(-gate))) * (hN @ lay["up"][li])) @ lay["down"][li]
-  x = norm(x, p["final_norm"])
-  head = p["embed"].T if cfg.tie_word_embeddings else p["lm_head"]
+    x = x + a @ w(att, "o_proj")[li]
+    hN = norm(x, lay["post_attention_layernorm"]["weight"][li])
+    gate = hN @ w(mlp, "gate_proj")[li]
+    x = x + ((gate / (1 + np.exp(-gate))) * (hN @ w(mlp, "up_proj")[li])) @ w(mlp, "down_proj")[li]
+  x = norm(x, p["model"]["norm"]["weight"])
+  head = (p["model"]["embed_tokens"]["embedding"].T if cfg.tie_word_embeddings
+          else p["lm_head"]["kernel"])
   return x @ head
 
 
@@ -117,8 +131,8 @@ def left_padded(lengths, total, seed=0):
 
 
 @pytest.fixture(scope="module")
-def params():
-  return init_params(CFG, jax.random.PRNGKey(0), std=0.05)
+def model():
+  return LlamaForCausalLM(CFG, nnx.Rngs(0), std=0.05)
 
 
 # ---------------------------------------------------------------- attention alone
@@ -186,62 +200,62 @@ def test_shift_only_matters_when_pairs_are_grouped(t):
 # ---------------------------------------------------------------- full model
 
 @pytest.mark.parametrize("t,g,w", [(10, 5, 12), (45, 5, 12), (90, 3, 8), (64, 2, 16)])
-def test_model_forward_equals_reference(params, t, g, w):
+def test_model_forward_equals_reference(model, t, g, w):
   ids, pos, valid = left_padded([t, t - 6], t, seed=t)
-  ref = reference_model(params, CFG, ids, pos, valid, (g, w))
+  ref = reference_model(model, ids, pos, valid, (g, w))
   for kw in ({}, dict(block_q=8, block_k=16, dense_max=0)):
-    out = forward(params, CFG, jnp.asarray(ids), jnp.asarray(pos), valid=jnp.asarray(valid),
-                  selfextend=(g, w), **kw)["logits"]
+    out = forward(model, jnp.asarray(ids), jnp.asarray(pos), valid=jnp.asarray(valid),
+                  selfextend=(g, w), **kw).logits
     np.testing.assert_allclose(np.where(valid[..., None], np.asarray(out), 0),
                                np.where(valid[..., None], ref, 0), atol=1e-5, rtol=0)
 
 
-def test_blockwise_equals_dense(params):
+def test_blockwise_equals_dense(model):
   ids, pos, valid = left_padded([150, 133], 150, seed=7)
-  args = (params, CFG, jnp.asarray(ids), jnp.asarray(pos))
-  dense = forward(*args, valid=jnp.asarray(valid), selfextend=(6, 20))["logits"]
+  args = (model, jnp.asarray(ids), jnp.asarray(pos))
+  dense = forward(*args, valid=jnp.asarray(valid), selfextend=(6, 20)).logits
   block = forward(*args, valid=jnp.asarray(valid), selfextend=(6, 20), block_q=16,
-                  block_k=24, dense_max=0)["logits"]
+                  block_k=24, dense_max=0).logits
   np.testing.assert_allclose(np.asarray(block), np.asarray(dense), atol=1e-5, rtol=0)
 
 
-def test_equals_plain_model_below_window(params):
+def test_equals_plain_model_below_window(model):
   ids, pos, valid = left_padded([30, 24], 30, seed=3)
-  args = (params, CFG, jnp.asarray(ids), jnp.asarray(pos))
-  plain = forward(*args, valid=jnp.asarray(valid))["logits"]
+  args = (model, jnp.asarray(ids), jnp.asarray(pos))
+  plain = forward(*args, valid=jnp.asarray(valid)).logits
   for kw in ({}, dict(block_q=8, block_k=8, dense_max=0)):
-    se = forward(*args, valid=jnp.asarray(valid), selfextend=(4, 31), **kw)["logits"]
+    se = forward(*args, valid=jnp.asarray(valid), selfextend=(4, 31), **kw).logits
     np.testing.assert_allclose(np.asarray(se), np.asarray(plain), atol=1e-6, rtol=0)
 
 
-def test_group_size_one_equals_plain_model(params):
+def test_group_size_one_equals_plain_model(model):
   ids, pos, valid = left_padded([80], 80, seed=4)
-  args = (params, CFG, jnp.asarray(ids), jnp.asarray(pos))
-  plain = forward(*args)["logits"]
-  se = forward(*args, selfextend=(1, 10))["logits"]
+  args = (model, jnp.asarray(ids), jnp.asarray(pos))
+  plain = forward(*args).logits
+  se = forward(*args, selfextend=(1, 10)).logits
   np.testing.assert_allclose(np.asarray(se), np.asarray(plain), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------- decoding
 
-def test_cached_decode_equals_recomputation(params):
+def test_cached_decode_equals_recomputation(model):
   g, w, t, split = 5, 12, 70, 9  # the prompt is inside W, decoding crosses it
   ids, pos, _ = left_padded([t], t, seed=5)
-  full = forward(params, CFG, jnp.asarray(ids), jnp.asarray(pos), selfextend=(g, w))["logits"]
-  out = forward(params, CFG, jnp.asarray(ids[:, :split]), jnp.asarray(pos[:, :split]),
+  full = forward(model, jnp.asarray(ids), jnp.asarray(pos), selfextend=(g, w)).logits
+  out = forward(model, jnp.asarray(ids[:, :split]), jnp.asarray(pos[:, :split]),
                 cache=init_cache(CFG, 1, 80), selfextend=(g, w))
-  cache, rows = out["cache"], [out["logits"]]
+  cache, rows = out.cache, [out.logits]
   for i in range(split, t):
-    out = forward(params, CFG, jnp.asarray(ids[:, i:i + 1]), jnp.asarray(pos[:, i:i + 1]),
+    out = forward(model, jnp.asarray(ids[:, i:i + 1]), jnp.asarray(pos[:, i:i + 1]),
                   cache=cache, selfextend=(g, w))
-    cache = out["cache"]
-    rows.append(out["logits"])
+    cache = out.cache
+    rows.append(out.logits)
   np.testing.assert_allclose(np.asarray(jnp.concatenate(rows, 1)), np.asarray(full),
                              atol=1e-5, rtol=0)
 
 
-def test_left_padded_batch_decode_equals_rows_alone(params):
-  """The generate.prefill / decode_step path: pads are id -1, rows start at position 0."""
+def test_left_padded_batch_decode_equals_rows_alone(model):
+  """The decoding.prefill / decode_step path: pads are id -1, rows start at position 0."""
   g, w, steps = 3, 8, 6
   lengths, total = [41, 17], 48
   rng = np.random.default_rng(6)
@@ -252,13 +266,13 @@ def test_left_padded_batch_decode_equals_rows_alone(params):
     batch[r, total - p.size:] = p
 
   def run(tokens, forced):
-    logits, cache, pos = gen_lib.prefill(params, CFG, jnp.asarray(tokens), cache_size=64,
-                                         selfextend=(g, w))
+    logits, cache, pos = gen_lib.prefill(*nnx.split(model), jnp.asarray(tokens), cache_size=64,
+                                         attn=AttnOptions(selfextend=(g, w)))
     rows = [np.asarray(logits)]
     for i in range(steps):
       pos = pos + 1
-      logits, cache = gen_lib.decode_step(params, CFG, cache, jnp.asarray(forced[:, i]), pos,
-                                          selfextend=(g, w))
+      logits, cache = gen_lib.decode_step(*nnx.split(model), cache, jnp.asarray(forced[:, i]),
+                                          pos, attn=AttnOptions(selfextend=(g, w)))
       rows.append(np.asarray(logits))
     return np.stack(rows, 1)  # [B, steps+1, V]
 
@@ -268,21 +282,21 @@ def test_left_padded_batch_decode_equals_rows_alone(params):
     np.testing.assert_allclose(together[r], alone[0], atol=1e-5, rtol=0)
   # and the first row against the numpy reference model at its last prompt position
   ids, pos, valid = left_padded([lengths[0]], lengths[0])
-  ref = reference_model(params, CFG, prompts[0][None], pos, valid, (g, w))
+  ref = reference_model(model, prompts[0][None], pos, valid, (g, w))
   np.testing.assert_allclose(together[0, 0], ref[0, -1], atol=1e-5, rtol=0)
 
 
-def test_generate_selfextend_equals_naive_loop(params):
+def test_generate_selfextend_equals_naive_loop(model):
   prompt = np.asarray(jax.random.randint(jax.random.PRNGKey(8), (50,), 0, CFG.vocab_size))
-  gen = generate_selfextend(params, CFG, prompt, 8, neighbor_window=12)  # G chosen: 58 tokens
+  gen = generate_selfextend(model, prompt, 8, neighbor_window=12)  # G chosen: 58 tokens
   g = choose_group_size(58, CFG.max_position_embeddings, 12)
   assert g == 3
   seq = list(prompt)
   for step in range(8):  # causal: a fixed-size buffer with trailing zeros needs one compilation
     buf = np.zeros((1, 58), np.int32)
     buf[0, :len(seq)] = seq
-    logits = forward(params, CFG, jnp.asarray(buf), jnp.arange(58)[None],
-                     selfextend=(g, 12))["logits"][0, len(seq) - 1]
+    logits = forward(model, jnp.asarray(buf), jnp.arange(58)[None],
+                     selfextend=(g, 12)).logits[0, len(seq) - 1]
     np.testing.assert_allclose(gen.logits[step], np.asarray(logits), atol=1e-5)
     seq.append(int(jnp.argmax(logits)))
   assert gen.tokens.tolist() == seq[len(prompt):]

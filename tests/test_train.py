@@ -8,8 +8,11 @@ import pytest
 from configs import tiny
 from focus_jax.config import ModelConfig
 from focus_jax.data import SampleSpec, TokenWindows, make_tasks, pad_tasks, synthetic_documents
-from focus_jax.focus.losses import join_params, split_params, task_losses
-from focus_jax.model import add_candidate_params, init_params
+from flax import nnx
+from focus_reference import perturb_candidates
+
+from focus_jax.focus.losses import split_model, task_losses
+from focus_jax.model import CandidateParam, LlamaForCausalLM, add_candidates
 from focus_jax.train.loop import NonFiniteLoss, train
 from focus_jax.train.metrics import read_metrics
 from focus_jax.train.optim import make_optimizer, make_schedule
@@ -30,18 +33,16 @@ def _tiny_config(**kw):
 
 
 def test_stop_gradient_prefix_gradient_equals_full_backprop():
-  params = add_candidate_params(init_params(CFG, jax.random.PRNGKey(0), std=0.1))
-  noise = lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape)
-  params["candidate"] = jax.tree.map(noise, params["candidate"])
+  model = perturb_candidates(add_candidates(LlamaForCausalLM(CFG, nnx.Rngs(0), std=0.1)), 1)
   spec = SampleSpec(local_window=40, chunk_sizes=(16,), fragment_max=12, span_min=6,
                     max_len=100, bos_id=1, target_tokens=2)
   src = TokenWindows.from_token_docs(synthetic_documents(3, 100, 97, period=11), 40, 100)
   batch = pad_tasks([make_tasks(src[i], spec, 0, i, 3) for i in range(3)], spec)
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  cand, frozen = split_params(params)
+  graphdef, cand, frozen = split_model(model)
 
   def loss(c, sg):
-    ce, _ = task_losses(join_params(c, frozen), CFG, batch, stop_gradient_prefix=sg)
+    ce, _ = task_losses(nnx.merge(graphdef, c, frozen), batch, stop_gradient_prefix=sg)
     return ce.mean()
   l1, g1 = jax.jit(jax.value_and_grad(lambda c: loss(c, True)))(cand)
   l2, g2 = jax.jit(jax.value_and_grad(lambda c: loss(c, False)))(cand)
@@ -56,34 +57,37 @@ def test_continuation_loss_equals_inference_logits():
   """A continuation task is FocusLLM inference on x[:start+m] with Wl = m: same number."""
   from focus_jax.config import FocusConfig
   from focus_jax.data.samples import CONTINUATION, build_task, draw_task
-  from focus_jax.focus.generate import generate_focus
-  params = add_candidate_params(init_params(CFG, jax.random.PRNGKey(0), std=0.1))
-  noise = lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape)
-  params["candidate"] = jax.tree.map(noise, params["candidate"])
+  from focus_jax.focus.inference import generate_focus
+  model = perturb_candidates(add_candidates(LlamaForCausalLM(CFG, nnx.Rngs(0), std=0.1)), 1)
   spec = SampleSpec(local_window=40, chunk_sizes=(16,), fragment_max=12, span_min=6,
                     max_len=100, bos_id=1)
   x = np.random.default_rng(0).integers(3, 97, 100).astype(np.int32)
   t = draw_task(x, CONTINUATION, spec, np.random.default_rng(3))
   batch = pad_tasks([[build_task(x, t, 16, spec)]], spec)
-  ce, _ = task_losses(params, CFG, {k: jnp.asarray(v) for k, v in batch.items()})
+  ce, _ = task_losses(model, {k: jnp.asarray(v) for k, v in batch.items()})
   end = t["start"] + t["m"]
   focus = FocusConfig(chunk_size=16, local_window=t["m"], fragment_len=12, min_focus_len=0)
-  gen = generate_focus(params, CFG, x[:end], 1, focus=focus, stop_at_eos=False)
+  gen = generate_focus(model, x[:end], 1, focus=focus, stop_at_eos=False)
   want = -jax.nn.log_softmax(jnp.asarray(gen.logits[0]))[x[end]]
   np.testing.assert_allclose(ce[0], want, rtol=1e-5)
 
 
-def test_only_candidate_parameters_have_optimiser_state():
-  params = add_candidate_params(init_params(CFG, jax.random.PRNGKey(0)))
-  cand, frozen = split_params(params)
-  tx = make_optimizer(make_schedule(1e-3, 10, 2))
-  state = init_state(cand, tx, 0)
-  n_cand = sum(x.size for x in jax.tree.leaves(cand))
-  adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-          if hasattr(s, "mu")][0]
-  assert sum(x.size for x in jax.tree.leaves(adam.mu)) == n_cand
-  assert set(frozen) == {"embed", "layers", "final_norm", "lm_head"}
-  assert optax.tree.norm(cand) > 0
+def test_candidate_state_holds_exactly_the_candidate_projections():
+  model = LlamaForCausalLM(CFG.replace(attention_bias=True), nnx.Rngs(0))
+  assert not jax.tree.leaves(nnx.state(model, CandidateParam))
+  add_candidates(model, ("q", "v"))
+  cand = nnx.to_pure_dict(nnx.state(model, CandidateParam))
+  attn = cand["model"]["layers"]["self_attn"]
+  assert sorted(attn) == ["candidate_q_proj", "candidate_v_proj"] and set(cand) == {"model"}
+  assert attn["candidate_q_proj"]["kernel"].shape == (2, 32, 32)   # [layers, in, out]
+  assert attn["candidate_v_proj"]["bias"].shape == (2, 16)
+  orig = nnx.to_pure_dict(nnx.state(model, nnx.Param))["model"]["layers"]["self_attn"]
+  np.testing.assert_array_equal(attn["candidate_q_proj"]["kernel"], orig["q_proj"]["kernel"])
+  # the `...` rest after the subclass filter holds no candidate
+  _, c, rest = split_model(model)
+  assert len(jax.tree.leaves(c)) == 4
+  assert not any("candidate" in jax.tree_util.keystr(p)
+                 for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0])
 
 
 def test_loss_falls_on_the_synthetic_copy_task(tmp_path):
@@ -120,11 +124,11 @@ def test_paper_config_traces_at_full_size():
   spec = setup.sample_spec(config, cfg, 1)
   assert spec.max_rows(64) == 128 and spec.row_len(64) == 129 and spec.row_len(2048) == 2561
   assert spec.local_len == 3070 and spec.span_max == 3069  # BOS + m
-  params = jax.eval_shape(lambda: add_candidate_params(init_params(cfg, jax.random.PRNGKey(0))))
-  cand, frozen = split_params(params)
+  graphdef, cand, frozen = nnx.split(
+      nnx.eval_shape(lambda: add_candidates(LlamaForCausalLM(cfg))), CandidateParam, ...)
   sched = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay)
   tx = make_optimizer(sched, clip_norm=config.clip_norm)
-  state = jax.eval_shape(lambda c: init_state(c, tx, 0), cand)
+  state = jax.eval_shape(lambda c: init_state(c, tx), cand)
   s, b = 512, config.batch_size
   shapes = dict(chunk_tokens=((1, b, 2, spec.max_rows(s), spec.row_len(s)), jnp.int32),
                 chunk_valid=((1, b, 2, spec.max_rows(s), spec.row_len(s)), bool),
@@ -133,10 +137,11 @@ def test_paper_config_traces_at_full_size():
                 targets=((1, b, 2, 1), jnp.int32), n_memory=((1, b, 2), jnp.int32),
                 kind=((1, b, 2), jnp.int32))
   batch = {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
-  step = make_train_step(cfg, mesh, tx, sched, tasks_per_step=2 * b)
+  step = make_train_step(graphdef, mesh, tx, sched, tasks_per_step=2 * b)
   new_state, metrics = jax.eval_shape(step, state, frozen, batch)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
-  assert new_state.params["q"].shape == (32, 4096, 4096) and metrics["loss_sum"].shape == ()
+  q = nnx.to_pure_dict(new_state.params)["model"]["layers"]["self_attn"]["candidate_q_proj"]
+  assert q["kernel"].shape == (32, 4096, 4096) and metrics["loss_sum"].shape == ()
 
 
 def test_loss_curve_window_means(tmp_path, capsys):
@@ -156,3 +161,22 @@ def test_loss_curve_window_means(tmp_path, capsys):
   assert table[2] == "| 1-3 | 3.000 | 2.000 | 5.000 |" and table[3] == "| 4-4 | 2.000 | - | - |"
   with pytest.raises(ValueError, match="window"):
     metrics.loss_curve(rows, 0)
+
+
+def test_training_changes_only_the_candidates(tmp_path):
+  """A real run's exported model: every non-candidate Param bit-identical to the initial model."""
+  from focus_jax.checkpoint.orbax import load_checkpoint
+  from focus_jax.train import setup
+  config = _tiny_config(steps=3, export_model=True, lr=1e-2, warmup_steps=0)
+  initial = setup.load_model(config).module
+  train(config, str(tmp_path))
+  trained, _ = load_checkpoint(tmp_path / "model")
+  before = nnx.to_pure_dict(nnx.state(initial, nnx.Param))
+  after = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
+  flat_b = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+  flat_a = dict(jax.tree_util.tree_flatten_with_path(after)[0])
+  assert flat_a.keys() == flat_b.keys()
+  changed = [jax.tree_util.keystr(k) for k in flat_b
+             if not np.array_equal(np.asarray(flat_b[k]), np.asarray(flat_a[k]))]
+  assert changed and all("candidate_" in k for k in changed), changed
+  assert len(changed) == len(jax.tree.leaves(nnx.state(initial, CandidateParam)))
