@@ -6,6 +6,7 @@ from pathlib import Path
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from focus_jax import assets
 from focus_jax.checkpoint import (CheckpointError, export_hf, load_checkpoint, load_hf,
                                   read_focus_config, save_checkpoint)
 from focus_jax.config import FocusConfig
+from focus_jax.model import CandidateParam, add_candidates
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, HEAD_DIM, LAYERS = 8, 8, 2
@@ -23,11 +25,11 @@ HEADS, HEAD_DIM, LAYERS = 8, 8, 2
 CASES = [(8, False, False, False), (4, True, False, False), (2, False, True, False),
          (1, True, True, True), (1, False, False, True)]
 CASE_IDS = ["mha-untied", "gqa2-tied", "gqa4-bias", "mqa-tied-bias", "mqa-mlpbias"]
-# our key -> HF module path under model.layers.{i}. (projections stored transposed)
-LAYER_NAMES = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
-               "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-               "down": "mlp.down_proj"}
+# HF modules under model.layers.{i}.: module paths are the same names with "/"
+# (projection weights are `kernel`, stored transposed [in, out], layers stacked)
+LAYER_MODULES = ["input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
+                 "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                 "mlp.up_proj", "mlp.down_proj"]
 
 
 def make_hf(path, kv_heads=4, tied=False, bias=False, mlp_bias=False, seed=0):
@@ -48,47 +50,55 @@ def make_hf(path, kv_heads=4, tied=False, bias=False, mlp_bias=False, seed=0):
 
 
 def expected_params(sd, tied, n_layers=LAYERS):
-  """The params pytree the contract prescribes for an HF state dict (independent of hf.py)."""
-  layers = {}
-  for key, module in LAYER_NAMES.items():
-    for suffix, our in (("weight", key), ("bias", f"{key}_bias")):
+  """The model state the contract prescribes for an HF state dict (independent of hf.py):
+  flat module path -> array."""
+  out = {"model/embed_tokens/embedding": sd["model.embed_tokens.weight"],
+         "model/norm/weight": sd["model.norm.weight"]}
+  for module in LAYER_MODULES:
+    proj = "norm" not in module
+    for suffix in ("weight", "bias"):
       names = [f"model.layers.{i}.{module}.{suffix}" for i in range(n_layers)]
       if names[0] in sd:
-        ts = [sd[n] for n in names]
-        layers[our] = np.stack([t.T if suffix == "weight" and "norm" not in key else t
-                                for t in ts])
-  out = {"embed": sd["model.embed_tokens.weight"], "final_norm": sd["model.norm.weight"],
-         "layers": layers}
+        leaf = "kernel" if proj and suffix == "weight" else suffix
+        out[f"model/layers/{module.replace('.', '/')}/{leaf}"] = np.stack(
+            [sd[n].T if leaf == "kernel" else sd[n] for n in names])
   if not tied:
-    out["lm_head"] = sd["lm_head.weight"].T
+    out["lm_head/kernel"] = sd["lm_head.weight"].T
   return out
 
 
+def flat_state(model, kind=None):
+  """A module's state as {module path: numpy array}."""
+  from flax import nnx, traverse_util
+  state = nnx.state(model) if kind is None else nnx.state(model, kind)
+  return traverse_util.flatten_dict(nnx.to_pure_dict(state), sep="/")
+
+
 def assert_tree_equal(got, want, where=""):
-  assert set(got) == set(want), (where, sorted(got), sorted(want))
+  """got: a module or a flat dict; want: a flat dict of arrays."""
+  got = got if isinstance(got, dict) else flat_state(got)
+  assert set(got) == set(want), (where, sorted(set(got) ^ set(want)))
   for k in want:
-    if isinstance(want[k], dict):
-      assert_tree_equal(got[k], want[k], f"{where}/{k}")
-    else:
-      g = np.asarray(got[k])
-      assert g.shape == want[k].shape and g.dtype == want[k].dtype, (f"{where}/{k}", g.shape)
-      np.testing.assert_array_equal(g, want[k], err_msg=f"{where}/{k}")
+    g = np.asarray(got[k])
+    assert g.shape == want[k].shape and g.dtype == want[k].dtype, (f"{where}/{k}", g.shape)
+    np.testing.assert_array_equal(g, want[k], err_msg=f"{where}/{k}")
 
 
 @pytest.mark.parametrize("kv_heads,tied,bias,mlp_bias", CASES, ids=CASE_IDS)
 def test_load_save_export_exact(tmp_path, kv_heads, tied, bias, mlp_bias):
   sd = make_hf(tmp_path / "hf", kv_heads, tied, bias, mlp_bias)
-  cfg, params, hf_cfg = load_hf(tmp_path / "hf")
+  model, hf_cfg = load_hf(tmp_path / "hf")
+  cfg = model.config
   assert (cfg.num_kv_heads, cfg.tie_word_embeddings, cfg.attention_bias) == (kv_heads, tied, bias)
   want = expected_params(sd, tied)
-  assert_tree_equal(params, want)
+  assert_tree_equal(model, want)
 
-  save_checkpoint(tmp_path / "ckpt", params, cfg, hf_cfg)
-  cfg2, params2, extras = load_checkpoint(tmp_path / "ckpt")
-  assert cfg2 == cfg and extras["hf_config"] == hf_cfg and extras["focus_config"] is None
-  assert_tree_equal(params2, want)
+  save_checkpoint(tmp_path / "ckpt", model, hf_cfg)
+  model2, extras = load_checkpoint(tmp_path / "ckpt")
+  assert model2.config == cfg and extras["hf_config"] == hf_cfg and extras["focus_config"] is None
+  assert_tree_equal(model2, want)
 
-  export_hf(params2, cfg2, extras["hf_config"], tmp_path / "export")
+  export_hf(model2, extras["hf_config"], tmp_path / "export")
   back, info = AutoModelForCausalLM.from_pretrained(tmp_path / "export", output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   back_sd = back.state_dict()
@@ -101,43 +111,76 @@ def test_load_save_export_exact(tmp_path, kv_heads, tied, bias, mlp_bias):
 
 def test_checkpoint_dtype_and_numpy_restore(tmp_path):
   make_hf(tmp_path / "hf", 2)
-  cfg, params, hf_cfg = load_hf(tmp_path / "hf")
-  save_checkpoint(tmp_path / "ckpt", params, cfg, hf_cfg)
-  cfg16, p16, _ = load_checkpoint(tmp_path / "ckpt", dtype="bfloat16")
-  assert cfg16.param_dtype == "bfloat16" and p16["layers"]["q"].dtype == np.dtype("bfloat16")
-  np.testing.assert_array_equal(np.asarray(p16["embed"]), params["embed"].astype("bfloat16"))
-  _, pnp, _ = load_checkpoint(tmp_path / "ckpt", as_numpy=True)
-  assert isinstance(pnp["layers"]["gate"], np.ndarray)
+  model, hf_cfg = load_hf(tmp_path / "hf")
+  params = flat_state(model)
+  save_checkpoint(tmp_path / "ckpt", model, hf_cfg)
+  m16, _ = load_checkpoint(tmp_path / "ckpt", dtype="bfloat16")
+  p16 = flat_state(m16)
+  assert m16.config.param_dtype == "bfloat16"
+  assert p16["model/layers/self_attn/q_proj/kernel"].dtype == np.dtype("bfloat16")
+  np.testing.assert_array_equal(np.asarray(p16["model/embed_tokens/embedding"]),
+                                params["model/embed_tokens/embedding"].astype("bfloat16"))
+  pnp = flat_state(load_checkpoint(tmp_path / "ckpt", as_numpy=True)[0])
+  assert isinstance(pnp["model/layers/mlp/gate_proj/kernel"], np.ndarray)
   assert_tree_equal(pnp, params)
-  cfg_b, pb, _ = load_hf(tmp_path / "hf", dtype="bfloat16")
-  assert cfg_b.param_dtype == "bfloat16" and pb["embed"].dtype == np.dtype("bfloat16")
+  mb, _ = load_hf(tmp_path / "hf", dtype="bfloat16")
+  assert mb.config.param_dtype == "bfloat16"
+  assert flat_state(mb)["model/embed_tokens/embedding"].dtype == np.dtype("bfloat16")
+
+
+def test_previous_flat_layout_loads_through_the_name_map(tmp_path):
+  """A checkpoint written before the NNX modules (flat keys) restores to the same model."""
+  import orbax.checkpoint as ocp
+  sd = make_hf(tmp_path / "hf", 2, bias=True)
+  model, hf_cfg = load_hf(tmp_path / "hf")
+  save_checkpoint(tmp_path / "ckpt", model, hf_cfg)
+  want = flat_state(model)
+  layers = {}
+  for module, key in (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm")):
+    layers[key] = np.stack([sd[f"model.layers.{i}.{module}.weight"] for i in range(LAYERS)])
+  for p in ("q", "k", "v", "o", "gate", "up", "down"):
+    module = f"self_attn.{p}_proj" if p in "qkvo" else f"mlp.{p}_proj"
+    layers[p] = np.stack([sd[f"model.layers.{i}.{module}.weight"].T for i in range(LAYERS)])
+    if f"model.layers.0.{module}.bias" in sd:
+      layers[f"{p}_bias"] = np.stack([sd[f"model.layers.{i}.{module}.bias"] for i in range(LAYERS)])
+  old = {"embed": sd["model.embed_tokens.weight"], "final_norm": sd["model.norm.weight"],
+         "lm_head": sd["lm_head.weight"].T, "layers": layers,
+         "candidate": {"v": layers["v"] + 1.0, "v_bias": layers["v_bias"] - 1.0}}
+  import shutil
+  shutil.rmtree(tmp_path / "ckpt" / "params")
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save((tmp_path / "ckpt" / "params").absolute(), old)
+  got, _ = load_checkpoint(tmp_path / "ckpt")
+  want["model/layers/self_attn/candidate_v_proj/kernel"] = layers["v"] + 1.0
+  want["model/layers/self_attn/candidate_v_proj/bias"] = layers["v_bias"] - 1.0
+  assert_tree_equal(got, want)
 
 
 @pytest.mark.parametrize("projs,bias", [(("q", "k", "v", "o"), True), (("k", "v"), False)])
 def test_candidate_params_survive_round_trips(tmp_path, projs, bias):
   make_hf(tmp_path / "hf", 2, bias=bias)
-  cfg, params, hf_cfg = load_hf(tmp_path / "hf")
-  rng = np.random.default_rng(0)
-  cand = {}
-  for p in projs:
-    cand[p] = rng.standard_normal(params["layers"][p].shape).astype(np.float32)
-    if bias:
-      cand[f"{p}_bias"] = rng.standard_normal(params["layers"][f"{p}_bias"].shape).astype(np.float32)
-  params = {**params, "candidate": cand}
+  from flax import nnx
+  model, hf_cfg = load_hf(tmp_path / "hf")
+  add_candidates(model, projs)
+  rng = np.random.default_rng(0)   # distinct values: a mix-up of names or orientation shows
+  nnx.update(model, jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32),
+                                 nnx.state(model, CandidateParam)))
+  params = flat_state(model)
+  assert sum("candidate_" in k for k in params) == len(projs) * (2 if bias else 1)
   focus = FocusConfig(chunk_size=64, local_window=96, fragment_len=16, min_focus_len=128,
                       candidate_projs=projs)
-  export_hf(params, cfg, hf_cfg, tmp_path / "export", tokenizer_src_dir=tmp_path / "hf",
+  export_hf(model, hf_cfg, tmp_path / "export", tokenizer_src_dir=tmp_path / "hf",
             focus_config=focus)
   _, info = AutoModelForCausalLM.from_pretrained(tmp_path / "export", output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
-  cfg2, params2, _ = load_hf(tmp_path / "export")
+  model2, _ = load_hf(tmp_path / "export")
   assert read_focus_config(tmp_path / "export") == focus
-  assert_tree_equal(params2, params)
+  assert_tree_equal(model2, params)
 
-  save_checkpoint(tmp_path / "ckpt", params2, cfg2, hf_cfg, focus_config=focus)
-  _, params3, extras = load_checkpoint(tmp_path / "ckpt")
+  save_checkpoint(tmp_path / "ckpt", model2, hf_cfg, focus_config=focus)
+  model3, extras = load_checkpoint(tmp_path / "ckpt")
   assert extras["focus_config"] == focus
-  assert_tree_equal(params3, params)
+  assert_tree_equal(model3, params)
 
 
 # ---------------------------------------------------------------- GGUF
@@ -190,9 +233,10 @@ def write_gguf(path, sd, cfg_kw, arch="llama"):
 def test_gguf_reverse_permutation_matches_transformers(tmp_path, kv_heads, tied):
   sd = make_hf(tmp_path / "hf", kv_heads, tied)
   write_gguf(tmp_path / "m.gguf", sd, {"heads": HEADS, "kv": kv_heads, "tied": tied})
-  cfg, params, hf_cfg = load_hf(tmp_path / "m.gguf")
+  model, hf_cfg = load_hf(tmp_path / "m.gguf")
+  cfg = model.config
   assert (cfg.num_kv_heads, cfg.tie_word_embeddings, cfg.rope.theta) == (kv_heads, tied, 5000.0)
-  assert_tree_equal(params, expected_params(sd, tied))
+  assert_tree_equal(model, expected_params(sd, tied))
   ref = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
   for name, t in ref.state_dict().items():
     np.testing.assert_array_equal(t.numpy(), sd[name], err_msg=name)
@@ -203,7 +247,8 @@ def test_gguf_reverse_permutation_matches_transformers(tmp_path, kv_heads, tied)
 def test_smollm2_gguf_equals_transformers_state_dict():
   """The embedded Q4_1 GGUF: our dequantisation + un-permutation == transformers'."""
   from safetensors import safe_open
-  cfg, params, hf_cfg = load_hf(assets.smollm2_gguf())
+  model, hf_cfg = load_hf(assets.smollm2_gguf())
+  cfg = model.config
   ref_dir = assets.smollm2_hf_dir()  # written by transformers from the same GGUF
   ref_cfg = json.loads((ref_dir / "config.json").read_text())
   for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
@@ -211,10 +256,10 @@ def test_smollm2_gguf_equals_transformers_state_dict():
               "tie_word_embeddings", "bos_token_id", "eos_token_id", "max_position_embeddings"):
     assert hf_cfg[key] == ref_cfg[key], key
   assert cfg.rope.theta == ref_cfg["rope_parameters"]["rope_theta"] == 100000.0
-  assert "lm_head" not in params
+  assert model.lm_head is None
   with safe_open(str(ref_dir / "model.safetensors"), "numpy") as f:
     want = expected_params({n: f.get_tensor(n) for n in f.keys()}, tied=True, n_layers=30)
-  assert_tree_equal(params, want)
+  assert_tree_equal(model, want)
 
 
 # ---------------------------------------------------------------- errors
@@ -239,8 +284,9 @@ def test_errors_are_clear(tmp_path):
   shape.mkdir()
   (shape / "config.json").write_text(json.dumps({**cfg_json, "intermediate_size": 72}))
   os.link(hf / "model.safetensors", shape / "model.safetensors")
-  with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.gate_proj\.weight.*"
-                     r"expected \(72, 64\).*\(80, 64\)"):
+  # tensors are read in module-path order: mlp.down_proj is the first one that disagrees
+  with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.weight.*"
+                     r"expected \(64, 72\).*\(64, 80\)"):
     load_hf(shape)
 
   tensors = load_file(hf / "model.safetensors")
@@ -271,27 +317,28 @@ def test_gguf_errors(tmp_path):
 
 def test_save_is_atomic_and_refuses_overwrite(tmp_path, monkeypatch):
   make_hf(tmp_path / "hf", 2)
-  cfg, params, hf_cfg = load_hf(tmp_path / "hf")
+  model, hf_cfg = load_hf(tmp_path / "hf")
   out = tmp_path / "ckpt"
-  save_checkpoint(out, params, cfg, hf_cfg)
+  save_checkpoint(out, model, hf_cfg)
   before = sorted(p.relative_to(out) for p in out.rglob("*"))
   with pytest.raises(FileExistsError):
-    save_checkpoint(out, params, cfg, hf_cfg)
+    save_checkpoint(out, model, hf_cfg)
   import focus_jax.checkpoint.tokenizer as tok
 
   def boom(*a, **k):
     raise OSError("disk full")
   monkeypatch.setattr(tok, "copy_tokenizer", boom)
   with pytest.raises(OSError, match="disk full"):
-    save_checkpoint(out, params, cfg, hf_cfg, tokenizer_src=tmp_path / "hf", overwrite=True)
+    save_checkpoint(out, model, hf_cfg, tokenizer_src=tmp_path / "hf", overwrite=True)
   with pytest.raises(OSError, match="disk full"):
-    save_checkpoint(tmp_path / "new", params, cfg, hf_cfg, tokenizer_src=tmp_path / "hf")
+    save_checkpoint(tmp_path / "new", model, hf_cfg, tokenizer_src=tmp_path / "hf")
   assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temp folders left
   monkeypatch.undo()
-  params["final_norm"] = params["final_norm"] + 1
-  save_checkpoint(out, params, cfg, hf_cfg, overwrite=True)
-  np.testing.assert_array_equal(load_checkpoint(out)[1]["final_norm"], params["final_norm"])
+  norm = model.model.norm.weight
+  norm[...] = norm[...] + 1
+  save_checkpoint(out, model, hf_cfg, overwrite=True)
+  np.testing.assert_array_equal(load_checkpoint(out)[0].model.norm.weight[...], norm[...])
 
 
 # ---------------------------------------------------------------- CLIs

@@ -10,8 +10,8 @@ from focus_reference import reference_focus
 
 from focus_jax import assets
 from focus_jax.config import FocusConfig
-from focus_jax.focus.generate import generate_focus
-from focus_jax.model import add_candidate_params
+from focus_jax.focus.inference import generate_focus
+from focus_jax.model import add_candidates, device_put
 
 S, WL, F = 256, 600, 512
 
@@ -23,12 +23,11 @@ def test_smollm2_focus_matches_reference(decode):
   from focus_jax.checkpoint.hf import load_hf
   from focus_jax.eval.passkey import make_passkey_prompt
   path = assets.smollm2_hf_dir()
-  cfg, params, _ = load_hf(path)
-  params = add_candidate_params(jax.tree.map(jnp.asarray, params))
+  model = add_candidates(device_put(load_hf(path)[0]))
   ids, _ = make_passkey_prompt(AutoTokenizer.from_pretrained(path), 1400, depth=0.5, seed=0)
   fc = FocusConfig(chunk_size=S, local_window=WL, fragment_len=F, min_focus_len=1000)
-  gen = generate_focus(params, cfg, ids, 4, focus=fc, decode=decode, stop_at_eos=False)
-  ref = reference_focus(params, cfg, ids, S, WL, F, gen.tokens[:-1],
+  gen = generate_focus(model, ids, 4, focus=fc, decode=decode, stop_at_eos=False)
+  ref = reference_focus(model, ids, S, WL, F, gen.tokens[:-1],
                         frozen_memory=decode == "fast")
   # fp32 logits of magnitude ~30: 2e-4 is a relative error of about 1e-5
   np.testing.assert_allclose(gen.logits, ref, atol=2e-4, rtol=0)

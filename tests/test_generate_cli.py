@@ -11,7 +11,9 @@ import pytest
 
 from focus_jax.checkpoint.orbax import save_checkpoint
 from focus_jax.config import ModelConfig
-from focus_jax.model import forward, init_params
+from flax import nnx
+
+from focus_jax.model import LlamaForCausalLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = ModelConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -26,13 +28,13 @@ def _run(*args):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
   d = tmp_path_factory.mktemp("gen") / "ckpt"
-  params = init_params(CFG, jax.random.PRNGKey(0), std=0.3)
-  save_checkpoint(d, params, CFG)
-  return d, params
+  model = LlamaForCausalLM(CFG, nnx.Rngs(0), std=0.3)
+  save_checkpoint(d, model)
+  return d, model
 
 
 def test_input_ids_and_logits_out(ckpt, tmp_path):
-  d, params = ckpt
+  d, model = ckpt
   prompt = np.asarray([5, 17, 33, 8, 91, 40, 3], np.int64)  # no BOS: must stay without one
   np.save(tmp_path / "ids.npy", prompt)
   out = tmp_path / "out.npz"
@@ -44,7 +46,7 @@ def test_input_ids_and_logits_out(ckpt, tmp_path):
   assert got["logits"].shape == (6, CFG.vocab_size)
   seq = prompt.tolist()
   for step in range(6):
-    ref = forward(params, CFG, jnp.asarray([seq]), jnp.arange(len(seq))[None])["logits"][0, -1]
+    ref = model(jnp.asarray([seq]), jnp.arange(len(seq))[None]).logits[0, -1]
     np.testing.assert_allclose(got["logits"][step], np.asarray(ref), atol=1e-4)
     seq.append(int(np.argmax(ref)))
   assert got["tokens"].tolist() == seq[len(prompt):]

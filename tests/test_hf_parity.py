@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from focus_jax.checkpoint.hf import export_hf, load_hf
-from focus_jax.model import forward
+from focus_jax.model import AttnOptions
 
 T = 260  # > max_position_embeddings of the tiny configs: long enough to exercise RoPE scaling
 ROPES = {
@@ -40,10 +40,9 @@ def _hf_model(tmp_path, kv_heads, tied, rope, bias, mlp_bias=False):
   return model, path
 
 
-def _jax_logits(params, cfg, ids):
-  params = jax.tree.map(jnp.asarray, params)
+def _jax_logits(model, ids):
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  return np.asarray(forward(params, cfg, jnp.asarray(ids), pos)["logits"])
+  return np.asarray(model(jnp.asarray(ids), pos).logits)
 
 
 @pytest.mark.parametrize("kv_heads,tied,rope,bias", [
@@ -60,14 +59,15 @@ def test_logits_match_hf_and_survive_export(tmp_path, kv_heads, tied, rope, bias
   ids = np.random.default_rng(1).integers(0, 320, size=(2, T)).astype(np.int32)
   with torch.no_grad():
     ref = model(torch.from_numpy(ids.astype(np.int64))).logits.numpy()
-  cfg, params, hf_cfg = load_hf(path)
+  ours_model, hf_cfg = load_hf(path)
+  cfg = ours_model.config
   assert cfg.rope.rope_type == rope and cfg.tie_word_embeddings == tied
-  assert ("lm_head" in params) == (not tied)
-  ours = _jax_logits(params, cfg, ids)
+  assert (ours_model.lm_head is None) == tied
+  ours = _jax_logits(ours_model, ids)
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
   out = tmp_path / "export"
-  export_hf(params, cfg, hf_cfg, out)
+  export_hf(ours_model, hf_cfg, out)
   back, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   with torch.no_grad():
@@ -79,9 +79,9 @@ def test_logits_match_hf_and_survive_export(tmp_path, kv_heads, tied, rope, bias
 def test_bf16_compute_close_to_fp32(tmp_path):
   model, path = _hf_model(tmp_path, 2, False, "default", False)
   ids = np.random.default_rng(2).integers(0, 320, size=(1, 64)).astype(np.int32)
-  cfg, params, _ = load_hf(path)
-  f32 = _jax_logits(params, cfg, ids)
-  b16 = _jax_logits(params, cfg.replace(compute_dtype="bfloat16"), ids)
+  ours, _ = load_hf(path)
+  f32 = _jax_logits(ours, ids)
+  b16 = _jax_logits(ours.set_config(ours.config.replace(compute_dtype="bfloat16")), ids)
   assert b16.dtype == np.float32  # logits are always float32
   # bf16 keeps ~3 significant digits: the predicted tokens agree almost everywhere
   assert (f32.argmax(-1) == b16.argmax(-1)).mean() > 0.9

@@ -270,6 +270,11 @@ class LlamaModel(nnx.Module):
     self.layers = _stacked_layers(cfg, rngs, std)
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
 
+  def layer(self, i: int) -> DecoderLayer:
+    """Decoder layer i as its own module (a view of slice i of the stacked state)."""
+    graphdef, state = nnx.split(self.layers)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
+
   def __call__(self, tokens, ctx: LayerContext, prefix: Prefix | None = None,
                cache: KVCache | None = None, return_kv: bool = False):
     """Returns (hidden after the final norm, new cache (k, v) stacked or None, kv or None)."""
@@ -368,6 +373,12 @@ def remove_candidates(model: LlamaForCausalLM) -> LlamaForCausalLM:
   for p in CANDIDATE_PROJS:
     setattr(model.model.layers.self_attn, f"candidate_{p}_proj", None)
   return model
+
+
+def device_put(model, sharding=None):
+  """The model with its arrays placed by `jax.device_put` (numpy -> device arrays)."""
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.device_put(state, sharding))
 
 
 def param_count(tree) -> int:
