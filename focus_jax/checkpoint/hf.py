@@ -22,6 +22,7 @@ from focus_jax.checkpoint.atomic import atomic_dir
 from focus_jax.checkpoint.layout import CheckpointError
 from focus_jax.checkpoint.safetensors_io import SafetensorsReader, write_safetensors
 from focus_jax.config import CANDIDATE_PROJS, FocusConfig, ModelConfig, RopeConfig
+from focus_jax.model.llama import candidate_attr
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def load_hf(path, dtype: str = "float32") -> tuple:
 
 def _candidate_projs(r, cfg: ModelConfig, file: Path) -> tuple[str, ...]:
   projs = tuple(p for p in CANDIDATE_PROJS
-                if f"model.layers.0.self_attn.{layout.CANDIDATE}{p}_proj.weight" in r)
+                if f"model.layers.0.self_attn.{candidate_attr(p)}.weight" in r)
   if not projs:
     raise CheckpointError(f"{file} holds no candidate_{{q,k,v,o}}_proj tensors")
   return projs
@@ -199,7 +200,7 @@ def export_hf(model, hf_config_dict: dict | None, out_dir, tokenizer_src_dir=Non
   dtype_name = {v: k for k, v in NP_DTYPES.items()}.get(emb_dtype)
   if dtype_name is None:
     raise CheckpointError(f"cannot export params of dtype {emb_dtype}")
-  projs = layout.candidate_projs(model)
+  projs = model.candidate_projs
   with atomic_dir(out_dir, overwrite) as tmp:
     hf = export_config(hf_config_dict, cfg, tied, dtype_name)
     (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from focus_jax.config import CANDIDATE_PROJS, ModelConfig
+from focus_jax.model.llama import candidate_attr
 
 
 class CheckpointError(ValueError):
@@ -143,7 +144,7 @@ def iter_hf_tensors(model, *, candidates: bool = False,
   """(HF name, thunk giving the HF-layout tensor, HF shape, dtype) for the model's base
   tensors (candidates=False) or its candidate projections (True)."""
   pure = flat(nnx.to_pure_dict(nnx.state(model)))
-  specs = [t for t in tensors(model.config, candidate_projs(model)) if t.candidate == candidates]
+  specs = [t for t in tensors(model.config, model.candidate_projs) if t.candidate == candidates]
   for t in (t for t in specs if not t.stacked):
     a = np.asarray(pure[t.path])
     yield t.hf(), (lambda a=a, m=t.matrix: _to_hf(a, m)), t.hf_shape(), a.dtype
@@ -154,22 +155,17 @@ def iter_hf_tensors(model, *, candidates: bool = False,
              t.hf_shape(), a.dtype)
 
 
-def candidate_projs(model) -> tuple[str, ...]:
-  attn = model.model.layers.self_attn
-  return tuple(p for p in CANDIDATE_PROJS if getattr(attn, f"{CANDIDATE}{p}_proj") is not None)
-
-
 def candidate_projs_of(paths) -> tuple[str, ...]:
   """The candidate projections present among state paths."""
   return tuple(p for p in CANDIDATE_PROJS
-               if any(f"/{CANDIDATE}{p}_proj/" in f"/{path}/" for path in paths))
+               if any(f"/{candidate_attr(p)}/" in f"/{path}/" for path in paths))
 
 
 def validate(model) -> None:
   """Checks every tensor the config calls for is there with the right shape."""
   pure = flat(nnx.to_pure_dict(nnx.state(model)))
   cfg = model.config
-  for t in tensors(cfg, candidate_projs(model)):
+  for t in tensors(cfg, model.candidate_projs):
     if t.path not in pure:
       raise CheckpointError(f"the model lacks {t.path} required by the config")
     check_shape(t.path, np.shape(pure[t.path]),
@@ -197,7 +193,7 @@ def legacy_path(key: str) -> str:
   proj, _, bias = name.partition("_")
   leaf = "bias" if bias == "bias" else "kernel"
   if group == "candidate":
-    return f"{LAYERS}self_attn/{CANDIDATE}{proj}_proj/{leaf}"
+    return f"{LAYERS}self_attn/{candidate_attr(proj)}/{leaf}"
   if group == "layers":
     if name in _LEGACY_LAYER:
       return LAYERS + _LEGACY_LAYER[name]

@@ -40,6 +40,11 @@ class CandidateParam(nnx.Param):
   """FocusLLM's candidate projections: the only parameters that train."""
 
 
+def candidate_attr(proj: str) -> str:
+  """Attribute (and HF module) name of the candidate projection of q|k|v|o."""
+  return f"candidate_{proj}_proj"
+
+
 class Prefix(NamedTuple):
   """Extra keys/values placed before the tokens (pre-RoPE), per layer."""
   k: jax.Array      # [L, B, P, KV, hd]
@@ -164,11 +169,11 @@ class Attention(nnx.Module):
     for p in CANDIDATE_PROJS:
       setattr(self, f"{p}_proj", Linear.random(*dims[p], bias=cfg.attention_bias, axes=_PROJ_AXES[p],
                                         cfg=cfg, rngs=rngs, std=std))
-      setattr(self, f"candidate_{p}_proj", nnx.data(None))
+      setattr(self, candidate_attr(p), nnx.data(None))
 
   def _proj(self, p: str, x, ctx: LayerContext, x_cand):
     y = getattr(self, f"{p}_proj")(x)
-    cand = getattr(self, f"candidate_{p}_proj")
+    cand = getattr(self, candidate_attr(p))
     if cand is None or ctx.cand_onehot is None:
       return y
     return jnp.where(ctx.cand_onehot[..., None], cand(x_cand), y)
@@ -320,9 +325,14 @@ class LlamaForCausalLM(nnx.Module):
     return self
 
   @property
+  def candidate_projs(self) -> tuple[str, ...]:
+    """The projections (of q, k, v, o) that have a candidate copy."""
+    attn = self.model.layers.self_attn
+    return tuple(p for p in CANDIDATE_PROJS if getattr(attn, candidate_attr(p)) is not None)
+
+  @property
   def has_candidates(self) -> bool:
-    return any(getattr(self.model.layers.self_attn, f"candidate_{p}_proj") is not None
-               for p in CANDIDATE_PROJS)
+    return bool(self.candidate_projs)
 
   def __call__(self, tokens, positions, *, order=None, valid=None, candidate_index=None,
                prefix: Prefix | None = None, cache: KVCache | None = None,
@@ -364,14 +374,14 @@ def add_candidates(model: LlamaForCausalLM, projs=CANDIDATE_PROJS) -> LlamaForCa
     raise ValueError(f"candidate projections must be a non-empty subset of {CANDIDATE_PROJS}")
   attn = model.model.layers.self_attn
   for p in projs:
-    setattr(attn, f"candidate_{p}_proj", getattr(attn, f"{p}_proj").copy_as(CandidateParam))
+    setattr(attn, candidate_attr(p), getattr(attn, f"{p}_proj").copy_as(CandidateParam))
   return model
 
 
 def remove_candidates(model: LlamaForCausalLM) -> LlamaForCausalLM:
   """Drops every candidate projection; in place."""
   for p in CANDIDATE_PROJS:
-    setattr(model.model.layers.self_attn, f"candidate_{p}_proj", None)
+    setattr(model.model.layers.self_attn, candidate_attr(p), None)
   return model
 
 
