@@ -6,8 +6,13 @@ tokens of RedPajama-sample + LongAlpaca. Both losses are computed on every
 sample here (`loss_mix="random"` is the official one-loss-per-sample draw).
 
   python -m launch.convert --hf_model=PATH/Llama-2-7b-chat-hf --out=checkpoints/llama2_7b_chat
+  python -m launch.plan --config=configs/llama2_7b_paper.py --mesh=fsdp:16 --devices=16
   python -m launch.train --config=configs/llama2_7b_paper.py --workdir=runs/focus_7b \
-      --config.data=DATA/redpajama_sample.jsonl,DATA/longalpaca.jsonl
+      --config.mesh=data:2,fsdp:8 --config.data=DATA/redpajama_sample.jsonl,DATA/longalpaca.jsonl
+
+On a pod the frozen base is stored in bfloat16 and split over "fsdp" with the
+candidates, their gradients and AdamW state (float32); see docs/RESULTS.md for
+the planner's per-device figures behind `remat`.
 """
 from configs import tiny
 
@@ -16,7 +21,13 @@ def get_config():
   c = tiny.get_config()
   c.model = "checkpoints/llama2_7b_chat"   # launch.convert output
   c.tokenizer = "checkpoint"
-  c.dtype = "bfloat16"                     # compute; params and AdamW state stay float32
+  c.dtype = "bfloat16"                     # compute; candidates and AdamW state stay float32
+  c.base_dtype = "bfloat16"                # the frozen base (27 GB in float32) stored in bf16
+  c.remat = "full"                         # per layer; chosen by launch.plan (docs/RESULTS.md)
+  # LLaMA-2-7B's architecture, for launch.plan before the checkpoint exists
+  c.model_shape = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                       num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,
+                       rms_norm_eps=1e-5, max_position_embeddings=4096)
   c.data = "data/train.jsonl"              # files, folders or .jsonl (field jsonl_field)
   c.jsonl_field = "text"
   c.min_len = 3072
@@ -38,7 +49,7 @@ def get_config():
   c.end_lr_factor = 0.0
   c.weight_decay = 0.0
   c.clip_norm = 1.0
-  c.mesh = "data:-1"                       # e.g. "data:8"; "data:2,chunk:4" splits chunks too
+  c.mesh = "fsdp:-1"                       # all devices split the model; e.g. "data:2,fsdp:8"
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.focus = dict(chunk_size=2048, min_focus_len=4096)

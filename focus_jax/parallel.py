@@ -1,11 +1,15 @@
 """Device meshes, partition specs and the project's one shard_map helper.
 
 A mesh is described by a string of `name:size` pairs, e.g. "chunk:8" or
-"data:2,chunk:4"; names come from AXES:
+"data:2,fsdp:8,chunk:4"; names come from AXES:
   data   independent samples (training batches),
-  fsdp   parameter sharding (optional),
+  fsdp   parameters, gradients and optimiser state are split over it (FSDP);
+         samples are split over data x fsdp,
+  tensor reserved for splitting heads and the MLP width (see LOGICAL_RULES),
   chunk  FocusLLM chunks: every chunk is encoded independently, so the chunk
          axis of the inputs and of the chunk KV caches is split over it.
+Model variables carry logical axis names (focus_jax.model); LOGICAL_RULES maps
+them to mesh axes, and `state_specs` turns a model state into PartitionSpecs.
 One size may be -1 (all devices left over). Code refers to axes by name only
 and uses `spec(mesh, ...)`, which drops the names a mesh lacks, so the same
 code runs on "chunk:8", "data:2,chunk:4" or a single device.
@@ -23,7 +27,11 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp", "chunk")
+AXES = ("data", "fsdp", "tensor", "chunk")
+# logical axis name (model variables) -> mesh axis (None: replicated)
+LOGICAL_RULES = {"layers": None, "vocab": None, "embed": "fsdp", "heads": "tensor",
+                 "kv_heads": "tensor", "mlp": "tensor", "norm": None}
+BATCH_AXES = ("data", "fsdp")   # mesh axes that split the samples of a batch
 
 
 def parse_mesh(text: str | None) -> tuple[tuple[str, int], ...]:
@@ -102,6 +110,125 @@ def replicate(tree, mesh: Mesh):
     graphdef, state = nnx.split(tree)
     return nnx.merge(graphdef, jax.device_put(state, NamedSharding(mesh, P())))
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def logical_spec(mesh: Mesh, names, shape) -> P:
+  """Mesh PartitionSpec of a variable with logical axis `names` and `shape`.
+
+  A dimension whose mesh axis is absent, of size 1, or does not divide it is
+  replicated (so a tiny model still runs on any mesh).
+  """
+  if names is None:
+    return P()
+  if len(names) != len(shape):
+    raise ValueError(f"logical axes {names} do not match shape {shape}")
+  dims = []
+  for name, n in zip(names, shape):
+    if name not in LOGICAL_RULES:
+      raise ValueError(f"no sharding rule for logical axis {name!r}; known: {sorted(LOGICAL_RULES)}")
+    axis = LOGICAL_RULES[name]
+    ok = axis in mesh.axis_names and mesh.shape[axis] > 1 and n % mesh.shape[axis] == 0
+    dims.append(axis if ok else None)
+  return P(*dims)
+
+
+def _is_var(x):
+  from flax import nnx
+  return isinstance(x, nnx.Variable)
+
+
+def state_specs(state, mesh: Mesh):
+  """PartitionSpecs of an nnx State (a P in place of each Variable): a shard_map prefix."""
+  def one(v):
+    meta = v.get_metadata()
+    return logical_spec(mesh, meta.get("out_sharding"), v.shape)
+  return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def state_shardings(state, mesh: Mesh):
+  """NamedShardings of an nnx State, per `state_specs`."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state, mesh),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def leaf_shardings(state, mesh: Mesh):
+  """state_shardings expanded to the State's own structure (a sharding per array leaf)."""
+  return jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(
+      state_shardings(state, mesh), is_leaf=lambda x: isinstance(x, NamedSharding)))
+
+
+def abstract_state(state, mesh: Mesh):
+  """The State as jax.ShapeDtypeStructs placed per the logical rules (for lowering)."""
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                      state, leaf_shardings(state, mesh))
+
+
+def shard_state(state, mesh: Mesh):
+  """Places an nnx State on `mesh` per the logical rules (FSDP over "fsdp")."""
+  return jax.tree.map(lambda v, sh: jax.device_put(v, sh), state,
+                      state_shardings(state, mesh), is_leaf=_is_var)
+
+
+def gather_axes(spec: P, axis: str, skip: int = 0) -> int | None:
+  """The dimension of `spec` split over `axis` (minus `skip` leading dims), or None."""
+  for i, d in enumerate(spec):
+    if d == axis or (isinstance(d, tuple) and axis in d):
+      return i - skip
+  return None
+
+
+LAYERS_KEY = "['model']['layers']"
+
+
+def spec_table(state, specs) -> dict:
+  """{key path of each leaf of `state`: its PartitionSpec} (specs: one P for all, or
+  a tree with a P in place of each Variable, as parallel.state_specs gives)."""
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  if isinstance(specs, P):
+    return dict.fromkeys(paths, specs)
+  return dict(zip(paths, jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
+
+
+def fsdp_gather(tree, table: dict, prefix: str = "", skip: int = 0, only=None):
+  """all_gather over "fsdp" of the leaves of `tree` that their spec splits over it.
+
+  table: spec_table of the whole state; prefix: the key path of `tree` in it;
+  skip: leading dims the spec has and the leaves lack (the scanned layer axis);
+  only: a predicate on the full key path choosing the leaves to gather.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  out = []
+  for path, x in flat:
+    key = prefix + jax.tree_util.keystr(path)
+    d = gather_axes(table[key], "fsdp", skip)
+    if d is None or (only is not None and not only(key)):
+      out.append(x)
+    else:
+      out.append(jax.lax.all_gather(x, "fsdp", axis=d, tiled=True))
+  return jax.tree.unflatten(treedef, out)
+
+
+def merge_shards(graphdef, states, specs=None, remat: str = "none"):
+  """The model, inside shard_map, from this device's shards of its States.
+
+  specs: the States' PartitionSpecs (state_specs), or None when replicated.
+  Top-level leaves split over "fsdp" are all-gathered here; each layer's inside
+  the layer scan (ScanOptions.gather), so one layer at a time is whole on a
+  device. remat: the layer scan's rematerialisation policy.
+  """
+  from flax import nnx
+  from focus_jax.model import ScanOptions
+  gather = None
+  if specs is not None:
+    table = {}
+    for st, sp in zip(states, specs):
+      table.update(spec_table(st, sp))
+    top_level = lambda key: not key.startswith(LAYERS_KEY)
+    states = [fsdp_gather(st, table, only=top_level) for st in states]
+    gather = lambda layer: fsdp_gather(layer, table, LAYERS_KEY, skip=1)
+  model = nnx.merge(graphdef, *states)
+  model.model.scan_options = ScanOptions(gather=gather, remat=remat)
+  return model
 
 
 def _check_specs(mesh: Mesh, specs, what: str):

@@ -57,9 +57,10 @@ def main():
   model = tiny_model()
   fc = FocusConfig(chunk_size=16, local_window=24, fragment_len=8, min_focus_len=40)
   rng = np.random.default_rng(0)
-  runs = [(24 + 5 * 16 - 3, "exact", ("chunk:8", "data:2,chunk:4")),   # 5 chunks
+  runs = [(24 + 5 * 16 - 3, "exact", ("chunk:8", "data:2,chunk:4", "fsdp:2,chunk:4")),
           (24 + 11 * 16 - 7, "exact", ("chunk:4",)),                  # 11 chunks
-          (24 + 5 * 16 - 3, "fast", ("chunk:8",))]
+          (24 + 5 * 16 - 3, "fast", ("chunk:8", "fsdp:2,chunk:4"))]   # 5 chunks; fsdp: the
+  # weights split over fsdp, gathered layer by layer inside the chunk encoding
   for length, decode, meshes in runs:
     x = np.random.default_rng(length).integers(TINY.bos_token_id + 1, TINY.vocab_size,
                                                size=length).astype(np.int32)

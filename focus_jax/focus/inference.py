@@ -32,7 +32,7 @@ from focus_jax.decoding import Generation, generate_plain
 from focus_jax.focus import steps as P_
 from focus_jax.focus.plan import ChunkPlan, make_plan, round_up, shard_order
 from focus_jax.model import AttnOptions
-from focus_jax.parallel import axis_size, make_mesh, replicate, sharding
+from focus_jax.parallel import axis_size, make_mesh, shard_state, sharding
 from focus_jax.sampling import Sampler
 
 DECODE_MODES = ("exact", "fast")
@@ -149,7 +149,7 @@ def generate_focus(model, prompt: Sequence[int], max_new_tokens: int,
                      "(see focus_jax.model.add_candidates)")
   eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
   graphdef, state = nnx.split(model)
-  state = replicate(state, mesh)
+  state = shard_state(state, mesh)   # replicated, or split over "fsdp" when the mesh has it
   model = nnx.merge(graphdef, state)
   exact = decode == "exact"
   cache_size = round_up(plan.row_len - 1 + max_new_tokens - 1, 16) if exact else 0

@@ -22,6 +22,7 @@ from flax import nnx
 from focus_jax.config import ModelConfig
 from focus_jax.focus import core
 from focus_jax.model.llama import AttnOptions, KVCache, init_cache
+from focus_jax import parallel
 from focus_jax.parallel import axis_size, shard, sharding, spec
 
 CHUNK = "chunk"
@@ -65,8 +66,8 @@ def encode_fn(graphdef, mesh, batch: int, keep: bool, attn: AttnOptions = AttnOp
     raise ValueError(f"chunk batch {batch} must be a multiple of the chunk axis size {shards}")
   b = batch // shards
 
-  def body(state, tokens, valid, cache, mem_k, mem_v, j):
-    model = nnx.merge(graphdef, state)
+  def body(specs, state, tokens, valid, cache, mem_k, mem_v, j):
+    model = parallel.merge_shards(graphdef, (state,), specs)
     r0 = j * b
     tok = jax.lax.dynamic_slice_in_dim(tokens, r0, b, 0)
     val = jax.lax.dynamic_slice_in_dim(valid, r0, b, 0)
@@ -83,9 +84,22 @@ def encode_fn(graphdef, mesh, batch: int, keep: bool, attn: AttnOptions = AttnOp
 
   rows, mem = spec(mesh, CHUNK), spec(mesh, None, CHUNK)
   cspec = cache_specs(mesh) if keep else None
-  fn = shard(body, mesh, in_specs=(P(), rows, rows, cspec, mem, mem, P()),
-             out_specs=(cspec, mem, mem))
-  return jax.jit(fn, donate_argnums=(3, 4, 5))
+
+  def run(state, *args):
+    sspec, specs = _state_specs(state, mesh)
+    fn = shard(functools.partial(body, specs), mesh,
+               in_specs=(sspec, rows, rows, cspec, mem, mem, P()), out_specs=(cspec, mem, mem))
+    return fn(state, *args)
+  return jax.jit(run, donate_argnums=(3, 4, 5))
+
+
+def _state_specs(state, mesh):
+  """(shard_map in_spec of the model state, specs for merge_shards or None): the state is
+  split over "fsdp" per the logical rules when the mesh has that axis, else replicated."""
+  if axis_size(mesh, "fsdp") == 1:
+    return P(), None
+  specs = parallel.state_specs(state, mesh)
+  return specs, (specs,)
 
 
 def gather_rows(mesh, *xs, axis: int = 1):
@@ -128,18 +142,21 @@ def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
   """
   rows = spec(mesh, CHUNK)
 
-  def chunks(state, cache, row_valid, pair):
+  def chunks(specs, state, cache, row_valid, pair):
     n = row_valid.shape[0]
     toks = jnp.broadcast_to(pair[None, :], (n, 2))
     val = jnp.broadcast_to(row_valid[:, None], (n, 2))
-    mem_k, mem_v, cache = core.chunk_step(nnx.merge(graphdef, state), cache, toks, val, attn)
+    model = parallel.merge_shards(graphdef, (state,), specs)
+    mem_k, mem_v, cache = core.chunk_step(model, cache, toks, val, attn)
     return cache, mem_k, mem_v
 
   mem = spec(mesh, None, CHUNK)
-  sharded = shard(chunks, mesh, in_specs=(P(), cache_specs(mesh), rows, P()),
-                  out_specs=(cache_specs(mesh), mem, mem))
 
   def fn(state, cache, row_valid, pair, mem_pos, local, local_valid):
+    sspec, specs = _state_specs(state, mesh)
+    sharded = shard(functools.partial(chunks, specs), mesh,
+                    in_specs=(sspec, cache_specs(mesh), rows, P()),
+                    out_specs=(cache_specs(mesh), mem, mem))
     cache, mem_k, mem_v = sharded(state, cache, row_valid, pair)
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
     logits = _local_logits(nnx.merge(graphdef, state), mem_k, mem_v, row_valid, mem_pos, local,

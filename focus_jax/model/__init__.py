@@ -6,7 +6,7 @@ local, SelfExtend).
 """
 from focus_jax.model.llama import (Attention, AttnOptions, CandidateParam, DecoderLayer,
                                    ForwardOutput, KVCache, Linear, LlamaForCausalLM, LlamaModel,
-                                   MLP, Prefix, RMSNorm, add_candidates, device_put, init_cache,
+                                   MLP, Prefix, RMSNorm, ScanOptions, add_candidates, device_put, init_cache,
                                    make_context, param_count, remove_candidates)
 from focus_jax.model.rope import apply_rope, inv_frequencies
 
@@ -23,6 +23,6 @@ def load(path, dtype: str | None = None, sharding=None):
 
 
 __all__ = ["Attention", "AttnOptions", "CandidateParam", "DecoderLayer", "ForwardOutput",
-           "KVCache", "Linear", "LlamaForCausalLM", "LlamaModel", "MLP", "Prefix", "RMSNorm",
+           "KVCache", "Linear", "LlamaForCausalLM", "LlamaModel", "MLP", "Prefix", "RMSNorm", "ScanOptions",
            "add_candidates", "apply_rope", "device_put", "init_cache", "inv_frequencies", "load",
            "make_context", "param_count", "remove_candidates"]

@@ -76,6 +76,25 @@ class AttnOptions(NamedTuple):
   selfextend: tuple[int, int] | None = None
 
 
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class ScanOptions(NamedTuple):
+  """How the layer scan runs (static; set on `model.model.scan_options` inside a trace).
+
+  gather: applied to each layer's state in the scan body, e.g. FSDP's
+    all_gather over the "fsdp" axis, so one layer at a time is whole on a device.
+  remat: a REMAT_POLICIES name: rematerialise each layer in the backward pass.
+  """
+  gather: object = None
+  remat: str = "none"
+
+
 class ForwardOutput(NamedTuple):
   logits: jax.Array | None   # [B, T or 1, V] float32 (None when logits=None)
   hidden: jax.Array          # [B, T, D] after the final norm
@@ -274,6 +293,7 @@ class LlamaModel(nnx.Module):
     self.embed_tokens = Embedding(emb.astype(cfg.pdtype))
     self.layers = _stacked_layers(cfg, rngs, std)
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
+    self.scan_options = ScanOptions()
 
   def layer(self, i: int) -> DecoderLayer:
     """Decoder layer i as its own module (a view of slice i of the stacked state)."""
@@ -285,11 +305,19 @@ class LlamaModel(nnx.Module):
     """Returns (hidden after the final norm, new cache (k, v) stacked or None, kv or None)."""
     x = self.embed_tokens(tokens).astype(self.config.dtype)
     graphdef, state = nnx.split(self.layers)
+    opts = self.scan_options
+    if opts.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {opts.remat!r}; known: {sorted(REMAT_POLICIES)}")
 
     def body(x, xs):
       layer_state, pre, cch = xs
+      if opts.gather is not None:
+        layer_state = opts.gather(layer_state)
       x, new_cache, kv = nnx.merge(graphdef, layer_state)(x, ctx, pre, cch)
       return x, (new_cache, kv if return_kv else None)
+
+    if opts.remat != "none":
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[opts.remat], prevent_cse=False)
 
     pre = None if prefix is None else (prefix.k, prefix.v)
     cch = None if cache is None else (cache.k, cache.v)

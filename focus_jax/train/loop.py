@@ -30,7 +30,7 @@ from focus_jax.train import setup
 from focus_jax.train.checkpoints import TrainCheckpoints
 from focus_jax.train.metrics import MetricsWriter, Stopwatch
 from focus_jax.train.optim import make_optimizer, make_schedule
-from focus_jax.train.step import init_state, make_train_step, place_batch
+from focus_jax.train.step import make_train_step, place_batch, place_state
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
   model = setup.load_model(config)
   cfg = model.cfg
   spec = setup.sample_spec(config, cfg, parallel.axis_size(mesh, "chunk"))
-  bspec = setup.batch_spec(config, parallel.axis_size(mesh, "data"))
+  bspec = setup.batch_spec(config, parallel.axis_size(mesh, "data") *
+                           parallel.axis_size(mesh, "fsdp"))
   source = setup.make_source(config, model, workdir)
   graphdef, cand, frozen = split_model(model.module)
   log.info("mesh %s; %s; %d params trainable of %d", dict(mesh.shape), source,
@@ -103,7 +104,8 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
                            config.end_lr_factor)
   tx = make_optimizer(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2,
                       eps=config.eps, clip_norm=config.clip_norm)
-  state, frozen = parallel.replicate((init_state(cand, tx), frozen), mesh)
+  state, frozen, placement = place_state(cand, frozen, tx, mesh,
+                                         base_dtype=config.get("base_dtype") or None)
   data = _iterator(source, spec, bspec, config)
   ckpts = TrainCheckpoints(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
                            keep=config.keep_checkpoints, async_save=config.async_checkpoints)
@@ -124,7 +126,10 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
     log.info("resumed from step %d", start)
   step_fn = make_train_step(graphdef, mesh, tx, schedule,
                             tasks_per_step=bspec.samples_per_step * spec.tasks_per_sample,
-                            stop_gradient_prefix=config.stop_gradient_prefix)
+                            stop_gradient_prefix=config.stop_gradient_prefix,
+                            param_specs=placement.param_specs,
+                            remat=config.get("remat") or "none",
+                            state_shardings=placement.state_shardings)
   stop = StopRequest()
   step, last, saved_at = int(start or 0), {}, start
   try:

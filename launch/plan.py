@@ -1,0 +1,211 @@
+r"""Plans a run's memory and cost per device by compiling it ahead of time for N devices.
+
+  python -m launch.plan --config=configs/llama2_7b_paper.py --mesh=fsdp:16 --devices=16 \
+      [--task=train|focus_prefill] [--tokens=131072] [--chunk_size=2048]
+
+Nothing is loaded and no weight is initialised: the model, TrainState and batch
+are abstract shapes (nnx.eval_shape); the training step (or FocusLLM's chunk
+encoding and local step) is lowered and compiled with XLA for --devices
+virtual CPU devices, then XLA's memory analysis (argument, output, temp bytes
+per device) and cost analysis (FLOPs) are printed as a table. The last line is
+one JSON object with per_device_total_bytes and flops. CPU compilation stands
+in for the accelerator's: the byte counts are those of the partitioned
+program; an accelerator's own compiler may fuse differently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch.cli_errors import fail_cleanly, setup_logging
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file (ml_collections).")
+flags.DEFINE_string("mesh", None, "Mesh, e.g. 'fsdp:16' or 'data:2,fsdp:8,chunk:4' "
+                    "(default: the config's).")
+flags.DEFINE_integer("devices", 8, "Number of (virtual CPU) devices to compile for.")
+flags.DEFINE_enum("task", "train", ["train", "focus_prefill"], "What to plan.")
+flags.DEFINE_integer("tokens", 131072, "focus_prefill: prompt length.")
+flags.DEFINE_integer("chunk_size", None, "Chunk size S (default: the config's largest).")
+flags.DEFINE_integer("chunk_batch", 1, "focus_prefill: chunk rows per device per call.")
+flags.mark_flags_as_required(["config"])
+
+
+def model_config(config):
+  """The ModelConfig: the checkpoint's, config.model_shape, or config.tiny."""
+  from focus_jax.config import ModelConfig
+  if config.model == "tiny":
+    return ModelConfig(**{k: v for k, v in dict(config.tiny).items() if k != "init_std"},
+                       compute_dtype=config.dtype)
+  path = os.path.join(config.model, "model_config.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      return ModelConfig.from_dict(json.load(f)).replace(compute_dtype=config.dtype)
+  shape = config.get("model_shape")
+  if not shape:
+    raise ValueError(f"{config.model} is not a checkpoint here and the config has no "
+                     "model_shape to plan with")
+  return ModelConfig(**dict(shape), compute_dtype=config.dtype)
+
+
+def abstract_split(cfg, projs):
+  from flax import nnx
+  from focus_jax.model import CandidateParam, LlamaForCausalLM, add_candidates
+  model = nnx.eval_shape(lambda: add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(0)), projs))
+  return nnx.split(model, CandidateParam, ...)
+
+
+def plan_train(config, mesh):
+  """Compiled training step for the config's largest chunk size; returns it and its args."""
+  import jax
+  import jax.numpy as jnp
+  from focus_jax import parallel
+  from focus_jax.train import setup
+  from focus_jax.train.optim import make_optimizer, make_schedule
+  from focus_jax.train.step import make_train_step, place_state
+  cfg = model_config(config)
+  graphdef, cand, frozen = abstract_split(cfg, tuple(config.candidate_projs))
+  sched = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay)
+  tx = make_optimizer(sched, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
+  state, frozen, placement = place_state(cand, frozen, tx, mesh,
+                                         base_dtype=config.get("base_dtype") or None)
+  spec = setup.sample_spec(config, cfg, parallel.axis_size(mesh, "chunk"))
+  setup.batch_spec(config, parallel.axis_size(mesh, "data") * parallel.axis_size(mesh, "fsdp"))
+  s, b, t = _chunk_size(config), config.batch_size, spec.tasks_per_sample
+  rows, row_len = spec.max_rows(s), spec.row_len(s)
+  shapes = dict(chunk_tokens=((config.accum, b, t, rows, row_len), jnp.int32),
+                chunk_valid=((config.accum, b, t, rows, row_len), bool),
+                local_tokens=((config.accum, b, t, spec.local_len), jnp.int32),
+                local_valid=((config.accum, b, t, spec.local_len), bool),
+                targets=((config.accum, b, t, config.target_tokens), jnp.int32),
+                n_memory=((config.accum, b, t), jnp.int32), kind=((config.accum, b, t), jnp.int32))
+  from focus_jax.train.step import batch_specs
+  abstract = {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
+  bspecs = batch_specs(mesh, abstract)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                   sharding=jax.sharding.NamedSharding(mesh, bspecs[k]))
+           for k, v in abstract.items()}
+  step = make_train_step(graphdef, mesh, tx, sched, tasks_per_step=config.accum * b * t,
+                         stop_gradient_prefix=config.stop_gradient_prefix,
+                         param_specs=placement.param_specs,
+                         remat=config.get("remat") or "none",
+                         state_shardings=placement.state_shardings)
+  desc = (f"train step: {cfg.num_layers} layers, hidden {cfg.hidden_size}, batch {b} x {t} "
+          f"tasks, S={s} ({rows} rows of {row_len}), local {spec.local_len}, "
+          f"remat={config.get('remat') or 'none'}, base {config.get('base_dtype') or 'as loaded'}")
+  return [(desc, step.lower(state, frozen, batch).compile())]
+
+
+def plan_focus_prefill(config, mesh):
+  """Compiled FocusLLM first call at --tokens: one chunk-encoding call and the local step."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from focus_jax import parallel
+  from focus_jax.config import FocusConfig
+  from focus_jax.focus import steps
+  from focus_jax.focus.plan import round_up
+  from focus_jax.model import LlamaForCausalLM, add_candidates
+  cfg = model_config(config)
+  if config.get("base_dtype"):
+    cfg = cfg.replace(param_dtype=config.base_dtype)
+  model = nnx.eval_shape(lambda: add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(0))))
+  graphdef, state = nnx.split(model)
+  state = parallel.abstract_state(state, mesh)
+  fc = FocusConfig(chunk_size=_chunk_size(config), local_window=config.local_window,
+                   fragment_len=config.fragment_max)
+  shards = parallel.axis_size(mesh, "chunk")
+  n_chunks = -(-(FLAGS.tokens - fc.local_window) // fc.chunk_size)
+  n_rows = round_up(n_chunks, shards * FLAGS.chunk_batch)
+  row_len = fc.chunk_size + min(fc.fragment_len, fc.chunk_size, fc.local_window) + 1
+  rows_sh = parallel.sharding(mesh, "chunk")
+  sds = lambda shape, dt, sh: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
+  cache_size = round_up(row_len - 1 + 16, 16)
+  alloc = steps.alloc_fn(cfg, mesh, n_rows, cache_size, row_len - 1, True)
+  cache, mem_k, mem_v = jax.eval_shape(alloc)
+  csh = steps.cache_shardings(mesh)
+  cache = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sh), cache, csh)
+  msh = parallel.sharding(mesh, None, "chunk")
+  mem_k, mem_v = (sds(x.shape, x.dtype, msh) for x in (mem_k, mem_v))
+  encode = steps.encode_fn(graphdef, mesh, FLAGS.chunk_batch * shards, True)
+  tokens = sds((n_rows, row_len), jnp.int32, rows_sh)
+  valid = sds((n_rows, row_len), bool, rows_sh)
+  enc = encode.lower(state, tokens, valid, cache, mem_k, mem_v,
+                     jax.ShapeDtypeStruct((), jnp.int32)).compile()
+  local_len = round_up(fc.local_window + 1, 64)
+  rep = parallel.sharding(mesh)
+  local = steps.local_fn(graphdef, mesh).lower(
+      state, mem_k, mem_v, sds((n_rows,), bool, rows_sh), sds((n_rows,), jnp.int32, rows_sh),
+      sds((local_len,), jnp.int32, rep), sds((local_len,), bool, rep)).compile()
+  return [(f"chunk encoding: {n_rows} rows of {row_len} (S={fc.chunk_size}), kept caches "
+           f"{cache_size} slots, {FLAGS.chunk_batch * shards} rows per call", enc),
+          (f"local step: {local_len} tokens over {n_rows} memory entries", local)]
+
+
+def _chunk_size(config) -> int:
+  return FLAGS.chunk_size or max(config.chunk_sizes)
+
+
+def analyse(compiled) -> dict:
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  out = dict(argument_bytes=int(mem.argument_size_in_bytes),
+             output_bytes=int(mem.output_size_in_bytes),
+             alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes))
+  out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
+                        + out["temp_bytes"])
+  out["flops"] = float((cost or {}).get("flops", 0.0))
+  return out
+
+
+def gib(n) -> str:
+  return f"{n / 2**30:8.2f}"
+
+
+def run(config, mesh_text: str, devices: int, task: str) -> dict:
+  import jax
+  from focus_jax import parallel
+  if jax.device_count() < devices:
+    raise ValueError(f"{devices} devices requested, {jax.device_count()} available")
+  mesh = parallel.make_mesh(mesh_text, jax.devices()[:devices])
+  programs = plan_train(config, mesh) if task == "train" else plan_focus_prefill(config, mesh)
+  rows = [(desc, analyse(c)) for desc, c in programs]
+  print(f"mesh {dict(mesh.shape)} on {devices} devices; per device, GiB:")
+  print(f"{'program':12s} {'arguments':>9s} {'outputs':>9s} {'aliased':>9s} {'temp':>9s} "
+        f"{'total':>9s} {'TFLOP':>9s}")
+  for i, (desc, r) in enumerate(rows):
+    print(f"{('#' + str(i)):12s} {gib(r['argument_bytes'])} {gib(r['output_bytes'])} "
+          f"{gib(r['alias_bytes'])} {gib(r['temp_bytes'])} {gib(r['total_bytes'])} "
+          f"{r['flops'] / 1e12:9.2f}   {desc}")
+  peak = max(r["total_bytes"] for _, r in rows)
+  summary = {"task": task, "mesh": mesh_text, "devices": devices,
+             "per_device_total_bytes": peak, "per_device_total_gib": round(peak / 2**30, 3),
+             "flops": sum(r["flops"] for _, r in rows), "programs": [r for _, r in rows]}
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  setup_logging()
+  config = FLAGS.config
+  mesh_text = FLAGS.mesh if FLAGS.mesh is not None else config.mesh
+  import jax
+  if jax.device_count() < FLAGS.devices and not os.environ.get("FOCUS_JAX_PLAN_CHILD"):
+    # virtual CPU devices must be requested before JAX starts: re-run in a child
+    env = dict(os.environ, FOCUS_JAX_PLAN_CHILD="1", JAX_PLATFORMS="cpu",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          f" --xla_force_host_platform_device_count={FLAGS.devices}").strip())
+    sys.exit(subprocess.call([sys.executable, "-m", "launch.plan", *sys.argv[1:]], env=env))
+  summary = fail_cleanly("plan", run, config, mesh_text, FLAGS.devices, FLAGS.task)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)
