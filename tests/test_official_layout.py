@@ -93,8 +93,9 @@ def test_convert_reads_candidates_and_settings(folders):
   # FocusLLM on a prompt above the threshold == the per-chunk reference with those values
   focus = dataclasses.replace(extras["focus_config"], min_focus_len=40)
   x = np.random.default_rng(0).integers(3, 96, size=90).astype(np.int32)  # 5 chunks + local
-  gen = generate_focus(model, x, 3, focus=focus, stop_at_eos=False)
-  ref = reference_focus(reference_model(folders), x, S, WL, min(512, S, WL), gen.tokens[:-1])
+  gen = generate_focus(model, x, 1, focus=focus)   # the prefill (later steps: test_focus)
+  ref = reference_focus(reference_model(folders), x, S, WL, min(512, S, WL))
+  assert gen.logits.shape == ref.shape == (1, 96)
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
 
 
