@@ -3,7 +3,9 @@ r"""Converts an HF LLaMA checkpoint (folder or llama.cpp .gguf) to a focus_jax c
   python -m launch.convert --hf_model=PATH --out=DIR [--overwrite] [--dtype=float32|bfloat16]
 
 PATH is an HF folder (config.json + *.safetensors, optionally
-focus_candidate.safetensors + focus_config.json) or a .gguf file (dequantised).
+focus_candidate.safetensors + focus_config.json, or the official FocusLLM layout:
+beacon_*_proj tensors in the weights, its settings in config.json) or a .gguf
+file (dequantised).
 The tokenizer is carried along. DIR appears only once complete: a failed run
 leaves nothing behind, and an existing DIR is kept unless --overwrite.
 """

@@ -1,9 +1,11 @@
 r"""Exports a focus_jax checkpoint to an HF folder that transformers loads as is.
 
-  python -m launch.export_hf --checkpoint=DIR --out=HF_DIR [--overwrite]
+  python -m launch.export_hf --checkpoint=DIR --out=HF_DIR [--overwrite] [--layout=official]
 
 Writes config.json, model.safetensors, the tokenizer files, and with FocusLLM
-candidate projections focus_candidate.safetensors + focus_config.json.
+candidate projections focus_candidate.safetensors + focus_config.json; with
+--layout=official the official FocusLLM layout instead (beacon_*_proj tensors in
+model.safetensors, beacon_param / local_window / memory_stride in config.json).
 HF_DIR appears only once complete; an existing one is kept unless --overwrite.
 """
 from __future__ import annotations
@@ -19,12 +21,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint folder (launch.convert output).")
 flags.DEFINE_string("out", None, "Output HF folder.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --out folder.")
+flags.DEFINE_enum("layout", "focus_jax", ["focus_jax", "official"],
+                  "How candidate projections are stored: focus_candidate.safetensors "
+                  "(focus_jax) or the official FocusLLM beacon_*_proj tensors (official).")
 flags.mark_flags_as_required(["checkpoint", "out"])
 
 log = logging.getLogger("focus_jax.launch.export_hf")
 
 
-def export(checkpoint: str, out: str, overwrite: bool):
+def export(checkpoint: str, out: str, overwrite: bool, layout: str = "focus_jax"):
   from focus_jax.checkpoint.atomic import check_target
   from focus_jax.checkpoint.hf import export_hf
   from focus_jax.checkpoint.orbax import load_checkpoint
@@ -33,7 +38,7 @@ def export(checkpoint: str, out: str, overwrite: bool):
   model, extras = load_checkpoint(checkpoint, as_numpy=True)
   log.info("read %s (%d layers)", checkpoint, model.config.num_layers)
   export_hf(model, extras["hf_config"], out, tokenizer_src_dir=extras["tokenizer_dir"],
-            focus_config=extras["focus_config"], overwrite=overwrite)
+            focus_config=extras["focus_config"], overwrite=overwrite, layout_name=layout)
   log.info("wrote %s in %.1f s", out, time.time() - t0)
 
 
@@ -41,7 +46,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   setup_logging()
-  fail_cleanly("export_hf", export, FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite)
+  fail_cleanly("export_hf", export, FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite, FLAGS.layout)
 
 
 if __name__ == "__main__":

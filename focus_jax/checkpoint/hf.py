@@ -6,10 +6,13 @@
 Tensors are read and written one at a time. FocusLLM candidate projections
 travel in an extra file, focus_candidate.safetensors (HF names
 model.layers.{i}.self_attn.candidate_{q,k,v,o}_proj.{weight,bias}), next to
-focus_config.json; transformers ignores both.
+focus_config.json; transformers ignores both. The official FocusLLM layout
+(beacon_*_proj tensors in the weight files, settings in config.json) is read
+as well and written with layout="official" (official.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -18,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from focus_jax.checkpoint import layout
+from focus_jax.checkpoint import official as official_layout
 from focus_jax.checkpoint.atomic import atomic_dir
 from focus_jax.checkpoint.layout import CheckpointError
 from focus_jax.checkpoint.safetensors_io import SafetensorsReader, write_safetensors
@@ -27,6 +31,7 @@ from focus_jax.model.llama import candidate_attr
 log = logging.getLogger(__name__)
 
 CANDIDATE_FILE = "focus_candidate.safetensors"
+LAYOUTS = ("focus_jax", "official")  # how an HF export holds the candidate projections
 FOCUS_CONFIG_FILE = "focus_config.json"
 NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
              "float16": np.dtype(np.float16)}
@@ -46,7 +51,8 @@ def load_hf(path, dtype: str = "float32") -> tuple:
   """Reads an HF LLaMA folder (config.json + safetensors) or a llama.cpp .gguf file.
 
   Returns (LlamaForCausalLM holding numpy arrays in `dtype`, the HF config dict).
-  Candidate projections come from focus_candidate.safetensors when present.
+  Candidate projections come from focus_candidate.safetensors when present, else
+  from the official layout's beacon_*_proj tensors.
   """
   path = Path(path)
   if path.is_file() and path.suffix == ".gguf":
@@ -67,13 +73,25 @@ def load_hf(path, dtype: str = "float32") -> tuple:
   if cand_file.is_file():
     files = files + [cand_file]
   with SafetensorsReader(files) as r:
-    projs = _candidate_projs(r, cfg, cand_file) if cand_file.is_file() else ()
-    get = lambda t, i: r.get(t.hf(i), t.hf_shape())
+    prefix, projs = _candidates(r, cfg, hf_cfg, path, cand_file)
+    get = lambda t, i: r.get(t.hf(i, prefix), t.hf_shape())
     model = layout.assemble(cfg, np_dtype(dtype), get, projs, log.info)
-    _warn_unused(r.names, model)
+    _warn_unused(r.names, model, prefix)
   if projs:
-    log.info("loaded candidate projections %s", list(projs))
+    log.info("loaded candidate projections %s%s", list(projs),
+             " (official beacon_*_proj tensors)" if prefix == official_layout.BEACON else "")
   return model, hf_cfg
+
+
+def _candidates(r, cfg: ModelConfig, hf_cfg: dict, path: Path, cand_file: Path):
+  """(HF name prefix, projections) of the candidates: focus_jax's file, official tensors or none."""
+  beacons = official_layout.beacon_names(r.names)
+  if cand_file.is_file():
+    if beacons:
+      raise CheckpointError(f"{path} holds both {CANDIDATE_FILE} and official beacon tensors "
+                            f"(e.g. {beacons[0]}); keep one of them")
+    return layout.CANDIDATE, _candidate_projs(r, cfg, cand_file)
+  return official_layout.BEACON, official_layout.beacon_projs(r, cfg, hf_cfg, path)
 
 
 def _candidate_projs(r, cfg: ModelConfig, file: Path) -> tuple[str, ...]:
@@ -85,9 +103,17 @@ def _candidate_projs(r, cfg: ModelConfig, file: Path) -> tuple[str, ...]:
 
 
 def read_focus_config(path) -> FocusConfig | None:
-  """The FocusConfig stored beside an HF checkpoint (focus_config.json), if any."""
-  f = Path(path) / FOCUS_CONFIG_FILE
-  if not Path(path).is_dir() or not f.is_file():
+  """The FocusConfig stored beside an HF checkpoint (focus_config.json), or that of an
+  official-layout folder (from config.json, when it holds beacon tensors); else None."""
+  path = Path(path)
+  f = path / FOCUS_CONFIG_FILE
+  if (path.is_dir() and not f.is_file() and not (path / CANDIDATE_FILE).is_file()
+      and (path / "config.json").is_file()):
+    hf_cfg = json.loads((path / "config.json").read_text())
+    with SafetensorsReader(_weight_files(path)) as r:
+      projs = official_layout.beacon_projs(r, _model_config(hf_cfg, "float32", path), hf_cfg, path)
+    return official_layout.focus_config(hf_cfg, projs, path / "config.json") if projs else None
+  if not path.is_dir() or not f.is_file():
     return None
   try:
     return FocusConfig.from_dict(json.loads(f.read_text()))
@@ -127,9 +153,13 @@ def _weight_files(path: Path) -> list[Path]:
   raise CheckpointError(f"{path} holds no *.safetensors weights")
 
 
-def _warn_unused(names, model) -> None:
+def _warn_unused(names, model, prefix: str = layout.CANDIDATE) -> None:
   used = {n for n, *_ in layout.iter_hf_tensors(model)} | {
-      n for n, *_ in layout.iter_hf_tensors(model, candidates=True)}
+      n for n, *_ in layout.iter_hf_tensors(model, candidates=True, candidate_prefix=prefix)}
+  if official_layout.BEACON_EMBED in names:
+    log.info("ignored %s (an Activation Beacon leftover that FocusLLM does not read)",
+             official_layout.BEACON_EMBED)
+    used.add(official_layout.BEACON_EMBED)
   unused = sorted(set(names) - used - {"lm_head.weight"} - {n for n in names if "rotary_emb" in n})
   if unused:
     log.warning("ignored %d tensors not used by the config, e.g. %s", len(unused), unused[:3])
@@ -180,14 +210,21 @@ def export_config(base: dict | None, cfg: ModelConfig, tied: bool, dtype: str) -
 
 
 def export_hf(model, hf_config_dict: dict | None, out_dir, tokenizer_src_dir=None,
-              focus_config: FocusConfig | dict | None = None, overwrite: bool = False) -> Path:
+              focus_config: FocusConfig | dict | None = None, overwrite: bool = False,
+              layout_name: str = "focus_jax") -> Path:
   """Writes an HF folder that `AutoModelForCausalLM.from_pretrained` loads as is.
 
   config.json, model.safetensors (HF names, [out, in] weights, the params'
   dtype), tokenizer files copied from tokenizer_src_dir (a folder or .gguf),
-  and with candidate projections: focus_candidate.safetensors + focus_config.json.
+  and with candidate projections: focus_candidate.safetensors + focus_config.json
+  (layout_name "focus_jax"), or (layout_name "official") the official FocusLLM
+  layout: beacon_*_proj tensors and model.beacon_embed_tokens.weight (the EOS
+  embedding) in model.safetensors, the FocusLLM settings in config.json.
   The folder appears only once complete; an existing one needs overwrite=True.
   """
+  if layout_name not in LAYOUTS:
+    raise CheckpointError(f"unknown layout {layout_name!r}; expected one of {list(LAYOUTS)}")
+  official = layout_name == "official"
   cfg = model.config
   tied = model.lm_head is None
   if tied and not cfg.tie_word_embeddings:
@@ -201,16 +238,25 @@ def export_hf(model, hf_config_dict: dict | None, out_dir, tokenizer_src_dir=Non
   if dtype_name is None:
     raise CheckpointError(f"cannot export params of dtype {emb_dtype}")
   projs = model.candidate_projs
+  hf = export_config({k: v for k, v in (hf_config_dict or {}).items()
+                      if k not in official_layout.CONFIG_KEYS}, cfg, tied, dtype_name)
+  tensors = layout.iter_hf_tensors(model)
+  if official:
+    if isinstance(focus_config, dict):
+      focus_config = FocusConfig.from_dict(focus_config)
+    focus_config = dataclasses.replace(focus_config or FocusConfig(), candidate_projs=projs) \
+        if projs else None
+    tensors = list(official_layout.iter_tensors(model))  # checks before anything is written
+    hf = official_layout.export_config(hf, focus_config)
   with atomic_dir(out_dir, overwrite) as tmp:
-    hf = export_config(hf_config_dict, cfg, tied, dtype_name)
     (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    write_safetensors(tmp / "model.safetensors", layout.iter_hf_tensors(model), log=log.info)
-    if projs:
+    write_safetensors(tmp / "model.safetensors", tensors, log=log.info)
+    if projs and not official:
       write_safetensors(tmp / CANDIDATE_FILE, layout.iter_hf_tensors(model, candidates=True),
                         log=log.info)
       if focus_config is None:
         focus_config = FocusConfig(candidate_projs=projs)
-    if focus_config is not None:
+    if focus_config is not None and not official:
       fc = focus_config.to_dict() if isinstance(focus_config, FocusConfig) else dict(focus_config)
       (tmp / FOCUS_CONFIG_FILE).write_text(json.dumps(fc, indent=2) + "\n")
     if tokenizer_src_dir is not None:
