@@ -17,7 +17,7 @@ class ByteTok:
     return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
 
   def decode(self, ids, skip_special_tokens: bool = True) -> str:
-    return bytes(int(i) - 3 for i in ids if int(i) >= 3).decode("utf-8", errors="replace")
+    return bytes(int(i) - 3 for i in ids if 3 <= int(i) < 259).decode("utf-8", errors="replace")
 
 
 def load(kind: str, tokenizer_dir: str | None):
