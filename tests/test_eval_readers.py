@@ -101,3 +101,29 @@ def test_corrupt_results_line_is_named(tmp_path):
   (tmp_path / "results.jsonl").write_text('{"case": "a"}\n{"case": "b", "x\n')
   with pytest.raises(DataError, match=r"results.jsonl:2: malformed JSON"):
     read_results(tmp_path)
+
+
+def test_report_table_and_heatmap(tmp_path):
+  from focus_jax.eval.plots import passkey_heatmap
+  from focus_jax.eval.report import table
+  runs = {
+      "a": {"task": "passkey", "settings": {"checkpoint": "/x/smol", "mode": "plain"},
+            "scores": {"accuracy": 0.5, "by_length": {"8192": 0.0, "4096": 1.0}}},
+      "b": {"task": "perplexity", "settings": {"checkpoint": "/x/smol", "mode": "plain"},
+            "scores": {"4096": {"ppl": 12.345}}},
+      "c": {"task": "longbench", "settings": {"checkpoint": "/x/smol", "mode": "selfextend",
+                                               "neighbor_window": 1024, "group_size": None},
+            "scores": {"qasper": 7.5}},
+  }
+  for name, s in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "summary.json").write_text(json.dumps(s))
+  assert table([tmp_path / n for n in "abc"]).splitlines() == [
+      "| run | passkey 4096 | passkey 8192 | passkey all | ppl 4096 | LB qasper |",
+      "|---|---|---|---|---|---|",
+      "| smol plain | 100% | 0% | 50% | 12.35 |  |",
+      "| smol selfextend W=1024 |  |  |  |  | 7.50 |"]
+  rows = [{"length": n, "depth": d, "correct": c} for n, d, c in
+          [(4096, 0.0, True), (4096, 1.0, False), (8192, 0.0, True)]]
+  passkey_heatmap(rows, tmp_path / "h.png")
+  assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
