@@ -10,8 +10,8 @@ exactly as given, no BOS added). --logits_out writes float32 `logits`
 [steps, vocab] (row 0 predicts the token after the prompt, then one row per
 generated token) and int32 `tokens`.
 
-Modes are entries of MODES: each takes (model, ids, sampler) and returns
-a focus_jax.decoding.Generation.
+Modes and their flags live in launch/modes.py (shared with launch.evaluate);
+every mode runs through focus_jax.eval.runner.generate.
 """
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
+from launch import modes
+
 FLAGS = flags.FLAGS
+MODES = modes.MODE_NAMES
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint directory (launch.convert output).")
 flags.DEFINE_string("prompt", None, "Prompt text.")
 flags.DEFINE_string("prompt_file", None, "File holding the prompt text.")
@@ -32,63 +35,7 @@ flags.DEFINE_string("logits_out", None, "Write logits [steps, vocab] and tokens 
 flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples.")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with --temperature > 0).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("mode", "plain", "Decoding mode: plain (others add themselves to MODES).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_boolean("ignore_eos", False, "Keep generating after an EOS token.")
-
-
-def _run_plain(model, ids, sampler):
-  from focus_jax.decoding import generate_plain
-  return generate_plain(model, ids, FLAGS.max_new_tokens, sampler,
-                        stop_at_eos=not FLAGS.ignore_eos)
-
-
-MODES = {"plain": _run_plain}
-
-# --mode=selfextend: SelfExtend grouped + neighbour attention (focus_jax.selfextend).
-flags.DEFINE_integer("group_size", None, "selfextend: group size G (default: the smallest G "
-                     "that covers prompt + new tokens with the model's trained context).")
-flags.DEFINE_integer("neighbor_window", 1024, "selfextend: neighbour window W.")
-
-
-def _run_selfextend(model, ids, sampler):
-  from focus_jax.selfextend import generate_selfextend
-  return generate_selfextend(model, ids, FLAGS.max_new_tokens, sampler,
-                             group_size=FLAGS.group_size, neighbor_window=FLAGS.neighbor_window,
-                             stop_at_eos=not FLAGS.ignore_eos)
-
-
-MODES["selfextend"] = _run_selfextend
-
-# --mode=focus: FocusLLM parallel decoding (focus_jax.focus.inference).
-flags.DEFINE_integer("chunk_size", 2048, "focus: chunk size S (official memory_stride).")
-flags.DEFINE_integer("local_window", 3072, "focus: local window Wl.")
-flags.DEFINE_integer("fragment_len", 512, "focus: fragment length cap (F = min(this, S, Wl)).")
-flags.DEFINE_integer("min_focus_len", 4096, "focus: shorter prompts run the plain model.")
-flags.DEFINE_enum("focus_decode", "exact", ["exact", "fast"],
-                  "focus: exact (official) or fast (memory frozen after prefill; approximate).")
-flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8' or 'data:2,chunk:4'.")
-flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
-
-
-def _run_focus(model, ids, sampler):
-  from focus_jax.config import FocusConfig
-  from focus_jax.focus.inference import generate_focus
-  from focus_jax.model import add_candidates
-  from focus_jax.parallel import axis_size, make_mesh
-  fc = FocusConfig(chunk_size=FLAGS.chunk_size, local_window=FLAGS.local_window,
-                   fragment_len=FLAGS.fragment_len, min_focus_len=FLAGS.min_focus_len)
-  if not model.has_candidates:
-    logging.warning("checkpoint has no candidate projections; using untrained copies of q/k/v/o")
-    add_candidates(model, fc.candidate_projs)
-  mesh = make_mesh(FLAGS.mesh)
-  return generate_focus(model, ids, FLAGS.max_new_tokens, sampler, focus=fc,
-                        decode=FLAGS.focus_decode, mesh=mesh,
-                        chunk_batch=FLAGS.chunk_batch * axis_size(mesh, "chunk"), progress=True,
-                        stop_at_eos=not FLAGS.ignore_eos)
-
-
-MODES["focus"] = _run_focus
 
 
 def _prompt_ids(tokenizer):
@@ -120,8 +67,8 @@ def main(argv):
   del argv
   if FLAGS.checkpoint is None:
     raise app.UsageError("--checkpoint is required")
-  if FLAGS.mode not in MODES:
-    raise app.UsageError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODES)}")
+  if FLAGS.mode not in modes.MODE_NAMES:
+    raise app.UsageError(f"unknown --mode={FLAGS.mode}; available: {sorted(modes.MODE_NAMES)}")
   from focus_jax.checkpoint.orbax import load_checkpoint
   from focus_jax.sampling import Sampler
   model, extras = load_checkpoint(FLAGS.checkpoint)
@@ -131,7 +78,10 @@ def main(argv):
   sampler = Sampler(FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
   logging.info("prompt: %d tokens, mode=%s", ids.size, FLAGS.mode)
   t0 = time.time()
-  gen = MODES[FLAGS.mode](model, ids, sampler)
+  from focus_jax.eval import runner
+  setup = modes.mode_setup(model)
+  gen = runner.generate(setup, ids, FLAGS.max_new_tokens, sampler,
+                        stop_at_eos=not FLAGS.ignore_eos)
   dt = time.time() - t0
   logging.info("generated %d tokens in %.2f s", len(gen.tokens), dt)
   if FLAGS.logits_out:

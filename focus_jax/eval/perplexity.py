@@ -1,0 +1,118 @@
+"""Long-document perplexity, the official FocusLLM eval_lm protocol.
+
+Documents are tokenised without special tokens. A window of L tokens is BOS
+followed by L - 1 document tokens starting at 0, stride, 2 * stride, ...
+(stride 0: one window per document); the loss is taken on the last
+`loss_tokens` (256) tokens of each window only, each predicted from
+everything before it in the window; at most `max_windows` (100) windows in
+all, in document order; documents shorter than L tokens are skipped.
+Perplexity = exp(total loss / total target tokens).
+
+FocusLLM: each of the 256 targets is predicted by exact decoding with the
+earlier targets forced as generated tokens (focus_jax.eval.runner
+.token_logprobs): every target reads a memory rebuilt from chunks extended by
+the targets before it, as exact generation does. The cost is one exact decoding
+step per target (a chunk update of every chunk plus a local recomputation),
+i.e. 256 steps per window, against one forward for plain and SelfExtend.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from focus_jax.eval.results import DataError, read_jsonl
+
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+
+
+def read_documents(paths, jsonl_field: str = "text") -> list[tuple[str, str]]:
+  """(name, text) of every document in files, folders (sorted) and jsonl files."""
+  files = []
+  for p in paths:
+    p = Path(p)
+    if p.is_dir():
+      files += sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES + (".jsonl",))
+    elif p.is_file():
+      files.append(p)
+    else:
+      raise DataError(f"{p}: no such file or folder")
+  docs = []
+  for f in files:
+    if f.suffix == ".jsonl":
+      for n, row in enumerate(read_jsonl(f, required=(jsonl_field,)), 1):
+        docs.append((f"{f.name}#{n}", str(row[jsonl_field])))
+    else:
+      docs.append((f.name, f.read_text(encoding="utf-8", errors="replace")))
+  if not docs:
+    raise DataError(f"no documents in {', '.join(map(str, paths))}")
+  return docs
+
+
+def windows(doc_lengths: list[int], length: int, stride: int, max_windows: int) -> list[tuple]:
+  """(doc index, start) of every window: L - 1 document tokens after the BOS."""
+  if length < 2:
+    raise ValueError(f"window length must be >= 2, got {length}")
+  out = []
+  for d, n in enumerate(doc_lengths):
+    if n < length:
+      continue
+    starts = [0] if stride == 0 else range(0, n - (length - 1) + 1, stride)
+    for s in starts:
+      if len(out) >= max_windows:
+        return out
+      out.append((d, s))
+  return out
+
+
+def make_cases(docs_ids, names, lengths, stride, max_windows, loss_tokens) -> list[dict]:
+  cases = []
+  sizes = [len(d) for d in docs_ids]
+  for length in lengths:
+    if loss_tokens >= length:
+      raise ValueError(f"loss_tokens ({loss_tokens}) must be below the window length ({length})")
+    for d, s in windows(sizes, length, stride, max_windows):
+      cases.append({"case": f"L={length}/{names[d]}/{s}", "length": length, "doc": d,
+                    "start": s})
+  return cases
+
+
+def window_ids(doc, start: int, length: int, bos: int):
+  return [bos] + [int(t) for t in doc[start:start + length - 1]]
+
+
+def run_window(setup, doc, case: dict, bos: int, loss_tokens: int) -> dict:
+  from focus_jax.eval import runner
+  ids = window_ids(doc, case["start"], case["length"], bos)
+  lp = runner.token_logprobs(setup, ids[:-loss_tokens], ids[-loss_tokens:])
+  return {"length": case["length"], "doc": case["doc"], "start": case["start"],
+          "nll": float(-lp.sum()), "tokens": int(lp.size)}
+
+
+def summarize(rows) -> dict:
+  """{length: {"ppl", "nll_per_token", "windows", "seconds"}} over the finished rows."""
+  out = {}
+  for r in rows:
+    s = out.setdefault(str(r["length"]), {"nll": 0.0, "tokens": 0, "windows": 0, "seconds": 0.0})
+    s["nll"] += r["nll"]
+    s["tokens"] += r["tokens"]
+    s["windows"] += 1
+    s["seconds"] += r.get("seconds", 0.0)
+  for s in out.values():
+    s["nll_per_token"] = s["nll"] / s["tokens"]
+    s["ppl"] = math.exp(s["nll_per_token"])
+    s["seconds"] = round(s["seconds"], 1)
+    del s["nll"]
+  return out
+
+
+def default_paths() -> list[str]:
+  from focus_jax.train.setup import shakespeare_split
+  return shakespeare_split("eval")
+
+
+def data_paths(spec: str | None) -> list[str]:
+  """--data: comma-separated files/folders/jsonl, or empty for the held-out plays."""
+  if not spec:
+    return default_paths()
+  return [p for p in spec.split(",") if p] or default_paths()
+

@@ -1,0 +1,80 @@
+"""One Markdown table of evaluation runs.
+
+  python -m focus_jax.eval.report OUT_DIR...
+
+Rows: checkpoint and mode (with its settings); columns: the task scores found
+in each run's summary.json (passkey accuracy per length and overall,
+perplexity per window length, LongBench / InfiniteBench per dataset).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import sys
+
+
+def columns(summary: dict) -> dict:
+  """Flat {column: value} of one run."""
+  task, scores = summary["task"], summary.get("scores", {})
+  cols = {}
+  if task == "passkey":
+    for n, v in sorted(scores.get("by_length", {}).items(), key=lambda kv: int(kv[0])):
+      cols[f"passkey {n}"] = v
+    cols["passkey all"] = scores.get("accuracy")
+  elif task == "perplexity":
+    for n, v in sorted(scores.items(), key=lambda kv: int(kv[0])):
+      cols[f"ppl {n}"] = v["ppl"]
+  else:
+    short = "LB" if task == "longbench" else "IB"
+    for name, v in scores.items():
+      cols[f"{short} {name}"] = v
+  return cols
+
+
+def _fmt(v, col: str) -> str:
+  if v is None:
+    return ""
+  if col.startswith("passkey"):
+    return f"{100 * v:.0f}%"
+  if isinstance(v, float):
+    return f"{v:.2f}"
+  return str(v)
+
+
+def table(run_dirs) -> str:
+  from focus_jax.eval.plots import run_label
+  rows, order = {}, []
+  for d in run_dirs:
+    path = Path(d) / "summary.json"
+    if not path.is_file():
+      raise FileNotFoundError(f"{path}: no such file (has launch.evaluate finished there?)")
+    try:
+      summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    label = run_label(summary)
+    row = rows.setdefault(label, {})
+    for col, v in columns(summary).items():
+      row[col] = v
+      if col not in order:
+        order.append(col)
+  lines = ["| run | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+  for label, row in rows.items():
+    lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c), c) for c in order) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog="python -m focus_jax.eval.report", description=__doc__)
+  ap.add_argument("runs", nargs="+")
+  args = ap.parse_args(argv)
+  try:
+    print(table(args.runs))
+  except (ValueError, OSError) as e:
+    print(f"report: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()

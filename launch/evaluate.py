@@ -1,0 +1,207 @@
+r"""The paper's evaluations for one checkpoint and one decoding mode.
+
+  python -m launch.evaluate --checkpoint=DIR --mode=plain|selfextend|focus [mode flags] \
+      --task=passkey|perplexity|longbench|infinitebench --out=OUT [task flags]
+
+  passkey        --lengths=4096,8192 --depths=0,0.25,0.5,0.75,1 --seeds=3
+                 [--haystack=FILE --needle_template="The pass key is {key}. ..."]
+  perplexity     [--data=FILE,FOLDER,X.jsonl (default: the held-out plays)] --lengths=...
+                 [--stride=2048 --max_windows=100 --loss_tokens=256 --jsonl_field=text]
+  longbench      --data_dir=DIR --datasets=narrativeqa,qasper,... [--max_length=15500
+                 --limit=N --chat_template]
+  infinitebench  --data_dir=DIR --datasets=passkey,number_string,... [--max_length --limit]
+
+Every finished case is one line of OUT/results.jsonl and is skipped when the
+command runs again (resume); OUT/run.json records the settings and a resumed
+run must match them. OUT/summary.json holds the scores (written atomically);
+passkey also writes OUT/passkey.png, perplexity OUT/perplexity.png, the
+benchmarks their official pred files under OUT/longbench/ or
+OUT/infinitebench/. The last stdout line is the summary as one JSON object.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import sys
+import time
+
+from absl import app, flags
+
+from launch import modes
+
+FLAGS = flags.FLAGS
+TASKS = ("passkey", "perplexity", "longbench", "infinitebench")
+flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint directory (launch.convert output).")
+flags.DEFINE_string("task", None, f"One of {', '.join(TASKS)}.")
+flags.DEFINE_string("out", None, "Output folder (created; an existing one is resumed).")
+flags.DEFINE_enum("tokenizer", "checkpoint", ["checkpoint", "byte"],
+                  "checkpoint: the checkpoint's HF tokenizer; byte: UTF-8 bytes (tiny models).")
+flags.DEFINE_list("lengths", ["4096", "8192"], "passkey / perplexity: lengths in tokens.")
+flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "passkey: key depths in [0, 1].")
+flags.DEFINE_integer("seeds", 1, "passkey: seeds (keys) per length and depth.")
+flags.DEFINE_string("haystack", None, "passkey: text file replacing the official filler.")
+flags.DEFINE_string("needle_template", None, "passkey (with --haystack): the key line, with "
+                    "{key} where the key goes (default: the official line).")
+flags.DEFINE_string("data", None, "perplexity: comma-separated files, folders, .jsonl.")
+flags.DEFINE_string("jsonl_field", "text", "perplexity: text field of .jsonl documents.")
+flags.DEFINE_integer("stride", 2048, "perplexity: window stride (0: one window per document).")
+flags.DEFINE_integer("max_windows", 100, "perplexity: windows per length at most.")
+flags.DEFINE_integer("loss_tokens", 256, "perplexity: scored tokens at the end of each window.")
+flags.DEFINE_string("data_dir", None, "longbench / infinitebench: folder of <dataset>.jsonl.")
+flags.DEFINE_list("datasets", None, "longbench / infinitebench: datasets (default: all English "
+                  "LongBench sets / the six InfiniteBench tasks of the paper).")
+flags.DEFINE_integer("max_length", 15500, "longbench / infinitebench: prompt tokens at most "
+                     "(cut from the middle).")
+flags.DEFINE_integer("limit", None, "longbench / infinitebench: first N samples per dataset.")
+flags.DEFINE_boolean("chat_template", False, "longbench: wrap prompts in the tokenizer's chat "
+                     "template (not for trec, triviaqa, samsum, lsht, lcc, repobench-p).")
+
+
+def _ints(values, name):
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{name} must be comma-separated integers, got {','.join(values)}") from None
+
+
+def _passkey(setup, tok, out):
+  from focus_jax.eval import passkey_grid as G
+  from focus_jax.eval.driver import run_cases
+  from focus_jax.eval.plots import passkey_heatmap
+  try:
+    depths = [float(d) for d in FLAGS.depths]
+  except ValueError:
+    raise ValueError(f"--depths must be numbers, got {','.join(FLAGS.depths)}") from None
+  haystack = None
+  if FLAGS.haystack:
+    if not os.path.isfile(FLAGS.haystack):
+      raise FileNotFoundError(f"--haystack={FLAGS.haystack}: no such file")
+    haystack = Path(FLAGS.haystack).read_text(encoding="utf-8", errors="replace")
+  cases = G.make_cases(_ints(FLAGS.lengths, "lengths"), depths, FLAGS.seeds)
+  rows = run_cases(out, cases, lambda c: G.run_case(setup, tok, c, haystack,
+                                                    FLAGS.needle_template), "passkey")
+  passkey_heatmap(rows, out / "passkey.png", f"passkey: {setup.mode}")
+  return G.summarize(rows)
+
+
+def _perplexity(setup, tok, out):
+  from focus_jax.eval import perplexity as PP
+  from focus_jax.eval.driver import run_cases
+  from focus_jax.eval.plots import perplexity_plot
+  docs = PP.read_documents(PP.data_paths(FLAGS.data), FLAGS.jsonl_field)
+  ids = [tok(text, add_special_tokens=False)["input_ids"] for _, text in docs]
+  names = [n for n, _ in docs]
+  cases = PP.make_cases(ids, names, _ints(FLAGS.lengths, "lengths"), FLAGS.stride,
+                        FLAGS.max_windows, FLAGS.loss_tokens)
+  if not cases:
+    raise ValueError("no document is as long as the shortest --lengths window")
+  bos = setup.cfg.bos_token_id
+  rows = run_cases(out, cases, lambda c: PP.run_window(setup, ids[c["doc"]], c, bos,
+                                                       FLAGS.loss_tokens), "perplexity")
+  scores = PP.summarize(rows)
+  perplexity_plot({setup.mode: {k: v["ppl"] for k, v in scores.items()}}, out / "perplexity.png")
+  return scores
+
+
+def _bench(setup, tok, out, which):
+  from focus_jax.eval import infinitebench as IB
+  from focus_jax.eval import longbench as LB
+  from focus_jax.eval import metrics, runner
+  from focus_jax.eval.driver import run_cases
+  from focus_jax.eval.results import write_jsonl
+  if not FLAGS.data_dir:
+    raise ValueError(f"--task={which} needs --data_dir (a folder of <dataset>.jsonl files)")
+  mod = LB if which == "longbench" else IB
+  names = FLAGS.datasets or list(LB.ENGLISH if which == "longbench" else IB.DEFAULT_TASKS)
+  data = {}
+  for name in names:   # read and check every file before the first model call
+    rows = LB.read_dataset(FLAGS.data_dir, name) if mod is LB else IB.read_task(FLAGS.data_dir,
+                                                                                name)
+    data[name] = rows[:FLAGS.limit] if FLAGS.limit else rows
+  eos = list(setup.cfg.eos_token_ids)
+
+  def run(case):
+    name, eg = case["dataset"], data[case["dataset"]][case["index"]]
+    if mod is LB:
+      ids = LB.prompt_ids(tok, name, eg, FLAGS.max_length, FLAGS.chat_template)
+    else:
+      ids = IB.prompt_ids(tok, name, eg, FLAGS.max_length)
+    stop = eos + (tok("\n", add_special_tokens=False)["input_ids"][-1:]
+                  if name == "samsum" else [])
+    gen = runner.generate(setup, ids, mod.MAX_NEW_TOKENS[name], eos_ids=stop)
+    pred = tok.decode([int(t) for t in gen.tokens], skip_special_tokens=True)
+    return {"dataset": name, "index": case["index"], "prompt_tokens": len(ids), "pred": pred}
+
+  cases = [{"case": f"{n}/{i}", "dataset": n, "index": i} for n in names
+           for i in range(len(data[n]))]
+  rows = run_cases(out, cases, run, which)
+  scores = {}
+  for name in names:
+    mine = [r for r in rows if r["dataset"] == name]
+    egs = [data[name][r["index"]] for r in mine]
+    if mod is LB:
+      write_jsonl(out / "longbench" / f"{name}.jsonl",
+                  [LB.pred_row(r["pred"], eg) for r, eg in zip(mine, egs)])
+      scores[name] = metrics.longbench_score(name, [r["pred"] for r in mine],
+                                             [eg["answers"] for eg in egs],
+                                             egs[0]["all_classes"] if egs else [])
+    else:
+      write_jsonl(out / "infinitebench" / f"preds_{name}.jsonl",
+                  [IB.pred_row(name, eg, r["pred"], r["index"]) for r, eg in zip(mine, egs)])
+      vals = [metrics.infinitebench_score_one(name, r["pred"], IB.label(name, eg))
+              for r, eg in zip(mine, egs)]
+      scores[name] = round(100 * sum(vals) / len(vals), 2) if vals else None
+  return scores
+
+
+def evaluate():
+  from focus_jax.checkpoint.orbax import load_checkpoint
+  from focus_jax.eval import tok as T
+  from focus_jax.eval.results import check_run, write_json
+  for name in ("checkpoint", "task", "out"):
+    if not getattr(FLAGS, name):
+      raise app.UsageError(f"--{name} is required")
+  if FLAGS.task not in TASKS:
+    raise app.UsageError(f"unknown --task={FLAGS.task}; available: {', '.join(TASKS)}")
+  if not os.path.isdir(FLAGS.checkpoint):
+    raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such folder")
+  t0 = time.time()
+  model, extras = load_checkpoint(FLAGS.checkpoint)
+  model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
+  tok = T.load(FLAGS.tokenizer, extras.get("tokenizer_dir"))
+  setup = modes.mode_setup(model, progress=False)
+  out = Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  settings = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "task": FLAGS.task,
+              "tokenizer": FLAGS.tokenizer, "dtype": FLAGS.dtype, **setup.describe()}
+  if FLAGS.task == "passkey":
+    settings.update(haystack=FLAGS.haystack, needle_template=FLAGS.needle_template)
+  elif FLAGS.task == "perplexity":
+    settings.update(data=FLAGS.data, stride=FLAGS.stride, loss_tokens=FLAGS.loss_tokens)
+  else:
+    settings.update(data_dir=os.path.abspath(FLAGS.data_dir or ""), max_length=FLAGS.max_length,
+                    chat_template=FLAGS.chat_template)
+  check_run(out, settings)
+  if FLAGS.task == "passkey":
+    scores = _passkey(setup, tok, out)
+  elif FLAGS.task == "perplexity":
+    scores = _perplexity(setup, tok, out)
+  else:
+    scores = _bench(setup, tok, out, FLAGS.task)
+  summary = {"task": FLAGS.task, "settings": settings, "scores": scores,
+             "seconds_this_call": round(time.time() - t0, 1)}
+  write_json(out / "summary.json", summary)
+  print(json.dumps(summary, ensure_ascii=False))
+  sys.stdout.flush()
+
+
+def main(argv):
+  del argv
+  from launch.cli_errors import fail_cleanly, setup_logging
+  setup_logging()
+  fail_cleanly("launch.evaluate", evaluate)
+
+
+if __name__ == "__main__":
+  app.run(main)

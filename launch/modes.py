@@ -1,0 +1,51 @@
+"""Decoding-mode flags shared by launch.generate and launch.evaluate.
+
+--mode=plain|selfextend|focus and each mode's settings; `mode_setup` turns
+them into a focus_jax.eval.runner.ModeSetup (the one object every model call
+of the launchers goes through).
+"""
+from __future__ import annotations
+
+from absl import flags, logging
+
+FLAGS = flags.FLAGS
+MODE_NAMES = ("plain", "selfextend", "focus")
+
+flags.DEFINE_string("mode", "plain", f"Decoding mode: one of {', '.join(MODE_NAMES)}.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+# --mode=selfextend: SelfExtend grouped + neighbour attention (focus_jax.selfextend).
+flags.DEFINE_integer("group_size", None, "selfextend: group size G (default: the smallest G "
+                     "that covers prompt + new tokens with the model's trained context).")
+flags.DEFINE_integer("neighbor_window", 1024, "selfextend: neighbour window W.")
+# --mode=focus: FocusLLM parallel decoding (focus_jax.focus.inference).
+flags.DEFINE_integer("chunk_size", 2048, "focus: chunk size S (official memory_stride).")
+flags.DEFINE_integer("local_window", 3072, "focus: local window Wl.")
+flags.DEFINE_integer("fragment_len", 512, "focus: fragment length cap (F = min(this, S, Wl)).")
+flags.DEFINE_integer("min_focus_len", 4096, "focus: shorter prompts run the plain model.")
+flags.DEFINE_enum("focus_decode", "exact", ["exact", "fast"],
+                  "focus: exact (official) or fast (memory frozen after prefill; approximate).")
+flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8', 'data:2,chunk:4' or 'fsdp:2,chunk:4'.")
+flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
+
+
+def mode_setup(model, progress: bool = True):
+  """The ModeSetup named by the flags (candidate projections added when missing)."""
+  from focus_jax.eval.runner import ModeSetup
+  if FLAGS.mode not in MODE_NAMES:
+    raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODE_NAMES)}")
+  if FLAGS.mode == "plain":
+    return ModeSetup("plain", model)
+  if FLAGS.mode == "selfextend":
+    return ModeSetup("selfextend", model, group_size=FLAGS.group_size,
+                     neighbor_window=FLAGS.neighbor_window)
+  from focus_jax.config import FocusConfig
+  from focus_jax.model import add_candidates
+  from focus_jax.parallel import axis_size, make_mesh
+  fc = FocusConfig(chunk_size=FLAGS.chunk_size, local_window=FLAGS.local_window,
+                   fragment_len=FLAGS.fragment_len, min_focus_len=FLAGS.min_focus_len)
+  if not model.has_candidates:
+    logging.warning("checkpoint has no candidate projections; using untrained copies of q/k/v/o")
+    add_candidates(model, fc.candidate_projs)
+  mesh = make_mesh(FLAGS.mesh)
+  return ModeSetup("focus", model, focus=fc, focus_decode=FLAGS.focus_decode, mesh=mesh,
+                   chunk_batch=FLAGS.chunk_batch * axis_size(mesh, "chunk"), progress=progress)
