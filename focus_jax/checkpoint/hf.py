@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from focus_jax.checkpoint import layout
-from focus_jax.checkpoint.atomic import atomic_dir
+from focus_jax.checkpoint.atomic import EXPORT, atomic_dir
 from focus_jax.checkpoint.layout import CheckpointError
 from focus_jax.checkpoint.safetensors_io import SafetensorsReader, write_safetensors
 from focus_jax.config import CANDIDATE_PROJS, FocusConfig, ModelConfig, RopeConfig
@@ -216,7 +216,7 @@ def export_hf(params: dict, model_config: ModelConfig, hf_config_dict: dict | No
   dtype_name = {v: k for k, v in NP_DTYPES.items()}.get(np.asarray(params["embed"]).dtype)
   if dtype_name is None:
     raise CheckpointError(f"cannot export params of dtype {np.asarray(params['embed']).dtype}")
-  with atomic_dir(out_dir, overwrite) as tmp:
+  with atomic_dir(out_dir, overwrite, owner=EXPORT) as tmp:
     hf = export_config(hf_config_dict, cfg, tied, dtype_name)
     (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     write_safetensors(tmp / "model.safetensors", layout.iter_hf_tensors(params, cfg),
