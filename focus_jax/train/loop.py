@@ -169,9 +169,11 @@ def train(config, workdir: str, *, export_only: bool = False,
         bad = "a parameter is NaN or infinite after the update"
       if bad:
         ckpts.wait()
+        good = ckpts.latest_step()
         raise NonFiniteLoss(
-            f"{bad} at step {step}; stopping. Nothing of this step was saved; "
-            f"the last good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}")
+            f"{bad} at step {step}; stopping. Nothing of this step was saved; " + (
+                f"the last good checkpoint is step {good} in {ckpts.directory}"
+                if good is not None else "no checkpoint was saved before it"))
       writer.write(step, last)
       if ckpts.save(step, state, data):
         saved_at = step
