@@ -134,7 +134,9 @@ def validate_flags():
     make_mesh(FLAGS.mesh)  # the mesh must fit the devices
 
 
-def _prompt_ids(tokenizer, cfg):
+def _prompt_ids(tokenizer_dir, cfg):
+  """(prompt ids, tokenizer or None); the tokenizer is loaded after --input_ids is checked."""
+  tokenizer = None
   if FLAGS.input_ids is not None:
     try:
       ids = np.load(FLAGS.input_ids, allow_pickle=False)
@@ -144,6 +146,7 @@ def _prompt_ids(tokenizer, cfg):
       raise ValueError(f"--input_ids must hold a 1-D integer array, got "
                        f"{getattr(ids, 'dtype', type(ids))} {getattr(ids, 'shape', '')}")
   else:
+    tokenizer = load_tokenizer(tokenizer_dir)
     if tokenizer is None:
       raise ValueError("the checkpoint has no tokenizer; use --input_ids")
     text = FLAGS.prompt
@@ -164,7 +167,9 @@ def _prompt_ids(tokenizer, cfg):
   if lo < 0 or hi >= cfg.vocab_size:
     raise ValueError(f"prompt ids must be in [0, {cfg.vocab_size}) (the vocabulary), "
                      f"got min {lo}, max {hi}")
-  return ids.astype(np.int32)
+  if tokenizer is None:
+    tokenizer = load_tokenizer(tokenizer_dir)
+  return ids.astype(np.int32), tokenizer
 
 
 def load_tokenizer(tokenizer_dir):
@@ -240,8 +245,7 @@ def generate():
   from focus_jax.sampling import Sampler
   t0 = time.time()
   cfg, tokenizer_dir = read_checkpoint_info(FLAGS.checkpoint)
-  tokenizer = load_tokenizer(tokenizer_dir)
-  ids = _prompt_ids(tokenizer, cfg)
+  ids, tokenizer = _prompt_ids(tokenizer_dir, cfg)
   if FLAGS.mode == "plain" and ids.size + FLAGS.max_new_tokens > cfg.max_position_embeddings:
     log.warning("prompt (%d tokens) + %d new tokens exceed the model's trained context of %d "
                 "tokens; plain attention degrades beyond it: --mode=selfextend or --mode=focus "
