@@ -140,8 +140,9 @@ def _prompt_ids(tokenizer_dir, cfg):
   if FLAGS.input_ids is not None:
     try:
       ids = np.load(FLAGS.input_ids, allow_pickle=False)
-    except (ValueError, EOFError) as e:
-      raise ValueError(f"--input_ids={FLAGS.input_ids}: not a readable .npy file ({e})") from None
+    except (ValueError, EOFError):
+      raise ValueError(f"--input_ids={FLAGS.input_ids}: not an array saved with numpy.save "
+                       "(.npy)") from None
     if not isinstance(ids, np.ndarray) or ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
       raise ValueError(f"--input_ids must hold a 1-D integer array, got "
                        f"{getattr(ids, 'dtype', type(ids))} {getattr(ids, 'shape', '')}")

@@ -15,6 +15,7 @@ held-out losses (with and without the memory) of N samples.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from absl import flags
@@ -65,6 +66,10 @@ def main(argv):
     print(f"train: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
     sys.exit(1)
   setup_logging()
+  path = config_flags.get_config_filename(FLAGS["config"])
+  if not os.path.isfile(path):
+    print(f"train: error: --config={path}: no such file", file=sys.stderr)
+    sys.exit(1)
   from focus_jax.train.loop import NonFiniteLoss
   try:
     fail_cleanly("train", run, FLAGS.config, FLAGS.workdir)

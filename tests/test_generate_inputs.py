@@ -84,7 +84,7 @@ def test_bad_flag_is_one_line(ckpt, extra, needles):
 @pytest.mark.parametrize("prompt,needles", [
     ("--input_ids={d}/big.npy", ["[0, 50)", "max 4294967301"]),
     ("--input_ids={d}/empty.npy", ["no tokens"]),
-    ("--input_ids={d}/not_npy.npy", ["not_npy.npy", "not a readable .npy"]),
+    ("--input_ids={d}/not_npy.npy", ["not_npy.npy", "numpy.save"]),
     ("--prompt=", ["prompt is empty"]),
     ("--prompt_file={d}/latin1.txt", ["latin1.txt", "not UTF-8"]),
 ])

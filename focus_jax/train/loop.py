@@ -93,6 +93,8 @@ def prepare_workdir(config, workdir: str, *, export_only: bool = False,
                     allow_config_change: bool = False) -> list[int]:
   """Checks WORKDIR against config before anything is written; returns its saved steps."""
   steps = saved_steps(os.path.join(workdir, "checkpoints"))
+  if export_only and not steps:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')} to export")
   if steps and not config.resume and not export_only:
     raise FileExistsError(
         f"{workdir} already holds checkpoints (steps {steps[0]}..{steps[-1]}) and "
