@@ -108,21 +108,21 @@ def probes(d: Path):
   ck, ids = f"--checkpoint={d / 'ckpt'}", f"--input_ids={d / 'ids.npy'}"
   hf = f"--hf_model={d / 'hf'}"
   run, trn = f"--workdir={d / 'run'}", TRAIN
-  yield "convert", "no --hf_model", ["--out=x"], {}
-  yield "convert", "--hf_model path does not exist", ["--hf_model=/nonexistent", "--out=x"], {}
-  yield "convert", "--hf_model folder without config.json", [f"--hf_model={d / 'no_config'}", "--out=x"], {}
-  yield "convert", "config.json not JSON", [f"--hf_model={d / 'hf_badjson'}", "--out=x"], {}
+  yield "convert", "no --hf_model", [f"--out={d / 'x'}"], {}
+  yield "convert", "--hf_model path does not exist", ["--hf_model=/nonexistent", f"--out={d / 'x'}"], {}
+  yield "convert", "--hf_model folder without config.json", [f"--hf_model={d / 'no_config'}", f"--out={d / 'x'}"], {}
+  yield "convert", "config.json not JSON", [f"--hf_model={d / 'hf_badjson'}", f"--out={d / 'x'}"], {}
   yield "convert", "truncated model.safetensors", [f"--hf_model={d / 'hf_cut'}", f"--out={d / 'o1'}"], {}
-  yield "convert", "PyTorch .bin weights only", [f"--hf_model={d / 'hf_bin'}", "--out=x"], {}
+  yield "convert", "PyTorch .bin weights only", [f"--hf_model={d / 'hf_bin'}", f"--out={d / 'x'}"], {}
   yield "convert", "a NaN in one tensor", [f"--hf_model={d / 'hf_nan'}", f"--out={d / 'o2'}"], {}
-  yield "convert", "text file named .gguf", [f"--hf_model={d / 'fake.gguf'}", "--out=x"], {}
+  yield "convert", "text file named .gguf", [f"--hf_model={d / 'fake.gguf'}", f"--out={d / 'x'}"], {}
   yield "convert", "--out exists, no --overwrite", [hf, f"--out={d / 'ckpt'}"], {}
   yield "convert", "--overwrite on a folder of the user's files", [hf, f"--out={d / 'mine'}", "--overwrite"], {}
   yield "convert", "--overwrite --out=. (inside a checkpoint)", [hf, "--out=.", "--overwrite"], {"cwd": d / "cwd_ckpt"}
   yield "convert", "--overwrite --out=$HOME", [hf, f"--out={Path.home()}", "--overwrite"], {}
   yield "convert", "--out is a file", [hf, f"--out={d / 'a_file'}", "--overwrite"], {}
-  yield "convert", "--dtype=float16", [hf, "--out=x", "--dtype=float16"], {}
-  yield "convert", "stray positional argument", [hf, "--out=x", "extra"], {}
+  yield "convert", "--dtype=float16", [hf, f"--out={d / 'x'}", "--dtype=float16"], {}
+  yield "convert", "stray positional argument", [hf, f"--out={d / 'x'}", "extra"], {}
   yield "export_hf", "--checkpoint does not exist", ["--checkpoint=/nonexistent", f"--out={d / 'e1'}"], {}
   yield "export_hf", "--checkpoint is an HF folder", [f"--checkpoint={d / 'hf'}", f"--out={d / 'e1'}"], {}
   yield "export_hf", "broken model_config.json", [f"--checkpoint={d / 'ckpt_badcfg'}", f"--out={d / 'e1'}"], {}
@@ -165,8 +165,8 @@ def probes(d: Path):
   yield "generate", "broken model_config.json", [f"--checkpoint={d / 'ckpt_badcfg'}", ids], {}
   yield "generate", "--checkpoint is an HF folder", [f"--checkpoint={d / 'hf'}", ids], {}
   yield "train", "no --workdir", ["--config=configs/tiny.py"], {}
-  yield "train", "--config file missing", ["--config=configs/none.py", "--workdir=x"], {}
-  yield "train", "--config.steps=abc", [*trn, "--config.steps=abc", "--workdir=x"], {}
+  yield "train", "--config file missing", ["--config=configs/none.py", f"--workdir={d / 'x'}"], {}
+  yield "train", "--config.steps=abc", [*trn, "--config.steps=abc", f"--workdir={d / 'x'}"], {}
   yield "train", "--config.lr=0.5 on resume", [*trn, run, "--config.lr=0.5"], {}
   yield "train", "--config.resume=False into a run", [*trn, run, "--config.resume=False"], {}
   yield "train", "--eval=2 --eval_step=7 (no such step)", [*trn, run, "--eval=2", "--eval_step=7"], {}

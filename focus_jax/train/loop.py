@@ -92,6 +92,7 @@ def _step_metrics(m: dict, tokens: int, dt: float) -> dict:
 def prepare_workdir(config, workdir: str, *, export_only: bool = False,
                     allow_config_change: bool = False) -> list[int]:
   """Checks WORKDIR against config before anything is written; returns its saved steps."""
+  run_config.config_dict(config)  # a config that cannot be read fails here, not half-way
   steps = saved_steps(os.path.join(workdir, "checkpoints"))
   if export_only and not steps:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')} to export")

@@ -87,9 +87,10 @@ def record_config(config, workdir: str, changes: dict, step: int | None,
   resume to the history."""
   path = os.path.join(workdir, CONFIG_FILE)
   if fresh or not os.path.exists(path):
+    text = config.to_json(indent=2)  # before the file is opened
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-      f.write(config.to_json(indent=2))
+      f.write(text)
     os.replace(tmp, path)
   elif changes:
     with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
