@@ -4,7 +4,8 @@ r"""Times focus_jax.model.attention (jit): a causal prefill and a one-query deco
 
 With --against (e.g. `git show REV:focus_jax/model/attention.py > /tmp/old.py`)
 both versions run interleaved on the same inputs, their outputs are checked
-bit-identical, and the ratio of median times is printed.
+bit-identical, and the ratios of median wall and process CPU times are printed
+(CPU time is less sensitive to other jobs on the machine).
 """
 import argparse
 import importlib.util
@@ -42,18 +43,20 @@ def main():
     a = case(t, s)
     outs = {k: np.asarray(f(*a).block_until_ready()) for k, f in fns.items()}
     same = all(np.array_equal(outs["new"], o) for o in outs.values())
-    times = {k: [] for k in fns}
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
     for _ in range(args.repeats):
       for k, f in fns.items():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         f(*a).block_until_ready()
-        times[k].append(time.perf_counter() - t0)
-    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-    line = f"{name}: new {med['new']:.2f} ms"
-    if "old" in med:
-      line += (f", old {med['old']:.2f} ms, new/old {med['new'] / med['old']:.3f}, "
-               f"outputs {'bit-identical' if same else 'DIFFER'}")
-    print(line, flush=True)
+        wall[k].append(time.perf_counter() - t0)
+        cpu[k].append(time.process_time() - c0)
+    for label, times in (("wall", wall), ("cpu", cpu)):
+      med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+      line = f"{name} ({label}): new {med['new']:.2f} ms"
+      if "old" in med:
+        line += (f", old {med['old']:.2f} ms, new/old {med['new'] / med['old']:.3f}, "
+                 f"outputs {'bit-identical' if same else 'DIFFER'}")
+      print(line, flush=True)
 
 
 if __name__ == "__main__":
