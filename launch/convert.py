@@ -2,6 +2,8 @@ r"""Converts an HF LLaMA checkpoint (folder or llama.cpp .gguf) to a focus_jax c
 
   python -m launch.convert --hf_model=PATH --out=DIR [--overwrite] [--dtype=float32|bfloat16]
 
+--overwrite replaces only a focus_jax checkpoint (model_config.json + params/).
+Every tensor must be finite (--allow_nonfinite to convert anyway).
 PATH is an HF folder (config.json + *.safetensors, optionally
 focus_candidate.safetensors + focus_config.json, or the official FocusLLM layout:
 beacon_*_proj tensors in the weights, its settings in config.json) or a .gguf
@@ -12,45 +14,78 @@ leaves nothing behind, and an existing DIR is kept unless --overwrite.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from launch.cli_errors import fail_cleanly, setup_logging
+import numpy as np
+
+from launch.cli_errors import fail_cleanly, run_cli, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_model", None, "HF checkpoint folder or .gguf file.")
 flags.DEFINE_string("out", None, "Output checkpoint folder.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --out folder.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
+flags.DEFINE_boolean("allow_nonfinite", False, "Convert even when a tensor holds NaN or Inf.")
 flags.mark_flags_as_required(["hf_model", "out"])
 
 log = logging.getLogger("focus_jax.launch.convert")
 
 
-def convert(hf_model: str, out: str, overwrite: bool, dtype: str):
+def check_finite(params: dict, where) -> None:
+  """Raises ValueError naming the first tensor (and layer) holding NaN or Inf."""
+  def walk(tree, path):
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        yield from walk(v, f"{path}{k}.")
+      else:
+        yield f"{path}{k}", v
+  for name, x in walk(params, ""):
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
+      continue
+    rows = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
+    for i, row in enumerate(rows):  # one layer at a time: bounded memory
+      bad = ~np.isfinite(row.astype(np.float32))
+      if bad.any():
+        layer = f" layer {i}" if x.ndim > 1 and "layers" in name.split(".") else ""
+        raise ValueError(f"{where}: tensor {name}{layer} holds {int(bad.sum())} non-finite "
+                         "values (NaN/Inf); pass --allow_nonfinite to convert anyway")
+
+
+def convert(hf_model: str, out: str, overwrite: bool, dtype: str, allow_nonfinite: bool = False):
   from focus_jax.checkpoint.atomic import check_target
   from focus_jax.checkpoint.hf import load_hf, read_focus_config
   from focus_jax.checkpoint.orbax import save_checkpoint
   check_target(out, overwrite)  # fail before the (slow) load
   t0 = time.time()
-  log.info("reading %s", hf_model)
   model, hf_cfg = load_hf(hf_model, dtype=dtype)
   cfg = model.config
-  log.info("model: %d layers, hidden %d, %d heads / %d KV heads, vocab %d%s",
-           cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size,
+  if allow_nonfinite:
+    log.warning("--allow_nonfinite: tensors are not checked for NaN/Inf")
+  else:
+    from flax import nnx
+    check_finite(nnx.to_pure_dict(nnx.state(model)), hf_model)
+  log.info("load: %s in %.1f s (%d layers, hidden %d, %d heads / %d KV heads, vocab %d%s)",
+           hf_model, time.time() - t0, cfg.num_layers, cfg.hidden_size, cfg.num_heads,
+           cfg.num_kv_heads, cfg.vocab_size,
            ", candidate projections" if model.has_candidates else "")
+  t1 = time.time()
   save_checkpoint(out, model, hf_cfg, tokenizer_src=hf_model,
                   focus_config=read_focus_config(hf_model), overwrite=overwrite)
-  log.info("wrote %s in %.1f s", out, time.time() - t0)
+  log.info("save: %s in %.1f s", out, time.time() - t1)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(f"convert: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(1)
   setup_logging()
-  fail_cleanly("convert", convert, FLAGS.hf_model, FLAGS.out, FLAGS.overwrite, FLAGS.dtype)
+  fail_cleanly("convert", convert, FLAGS.hf_model, FLAGS.out, FLAGS.overwrite, FLAGS.dtype,
+               FLAGS.allow_nonfinite)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_cli("convert", main)

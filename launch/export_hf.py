@@ -6,16 +6,18 @@ Writes config.json, model.safetensors, the tokenizer files, and with FocusLLM
 candidate projections focus_candidate.safetensors + focus_config.json; with
 --layout=official the official FocusLLM layout instead (beacon_*_proj tensors in
 model.safetensors, beacon_param / local_window / memory_stride in config.json).
-HF_DIR appears only once complete; an existing one is kept unless --overwrite.
+HF_DIR appears only once complete; an existing one is kept unless --overwrite,
+which replaces only a folder this tool wrote (marker file .focus_jax_export).
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from launch.cli_errors import fail_cleanly, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint folder (launch.convert output).")
@@ -30,24 +32,31 @@ log = logging.getLogger("focus_jax.launch.export_hf")
 
 
 def export(checkpoint: str, out: str, overwrite: bool, layout: str = "focus_jax"):
-  from focus_jax.checkpoint.atomic import check_target
+  from focus_jax.checkpoint.atomic import EXPORT, check_target
   from focus_jax.checkpoint.hf import export_hf
   from focus_jax.checkpoint.orbax import load_checkpoint
-  check_target(out, overwrite)
+  check_target(out, overwrite, EXPORT)
   t0 = time.time()
   model, extras = load_checkpoint(checkpoint, as_numpy=True)
-  log.info("read %s (%d layers)", checkpoint, model.config.num_layers)
+  log.info("load: %s in %.1f s (%d layers)", checkpoint, time.time() - t0,
+           model.config.num_layers)
+  if extras["tokenizer_dir"] is None:
+    log.warning("%s has no tokenizer: %s gets none, so transformers cannot tokenise text "
+                "with it (copy tokenizer files into it or convert with a tokenizer)",
+                checkpoint, out)
+  t1 = time.time()
   export_hf(model, extras["hf_config"], out, tokenizer_src_dir=extras["tokenizer_dir"],
             focus_config=extras["focus_config"], overwrite=overwrite, layout_name=layout)
-  log.info("wrote %s in %.1f s", out, time.time() - t0)
+  log.info("save: %s in %.1f s", out, time.time() - t1)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(f"export_hf: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(1)
   setup_logging()
   fail_cleanly("export_hf", export, FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite, FLAGS.layout)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_cli("export_hf", main)

@@ -10,50 +10,113 @@ exactly as given, no BOS added). --logits_out writes float32 `logits`
 [steps, vocab] (row 0 predicts the token after the prompt, then one row per
 generated token) and int32 `tokens`.
 
+Every input is checked before the checkpoint loads; a bad one ends with exit
+status 1 and one `generate: error: ...` line. The text is printed before
+--logits_out is written.
+
 Modes and their flags live in launch/modes.py (shared with launch.evaluate);
 every mode runs through focus_jax.eval.runner.generate.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 import numpy as np
 
 from launch import modes
+from launch.cli_errors import fail_cleanly, run_cli, setup_logging
 
 FLAGS = flags.FLAGS
 MODES = modes.MODE_NAMES
+log = logging.getLogger("focus_jax.launch.generate")
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint directory (launch.convert output).")
 flags.DEFINE_string("prompt", None, "Prompt text.")
 flags.DEFINE_string("prompt_file", None, "File holding the prompt text.")
 flags.DEFINE_string("input_ids", None, "1-D integer .npy of prompt ids, used as given.")
 flags.DEFINE_integer("max_new_tokens", 32, "Maximum number of tokens to generate.")
-flags.DEFINE_string("logits_out", None, "Write logits [steps, vocab] and tokens to this .npz.")
+flags.DEFINE_string("logits_out", None, "Write logits [steps, vocab] and tokens to this .npz "
+                    "(the name must end in .npz).")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples.")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with --temperature > 0).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_boolean("ignore_eos", False, "Keep generating after an EOS token.")
 
 
-def _prompt_ids(tokenizer):
+def _positive(*names):
+  for name in names:
+    v = getattr(FLAGS, name)
+    if v is not None and v < 1:
+      raise ValueError(f"--{name} must be >= 1, got {v}")
+
+
+def validate_flags():
+  """Checks every flag that needs no checkpoint."""
+  if FLAGS.checkpoint is None:
+    raise ValueError("--checkpoint is required")
+  if FLAGS.mode not in MODES:
+    raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODES)}")
   given = [f for f in ("prompt", "prompt_file", "input_ids") if getattr(FLAGS, f) is not None]
   if len(given) != 1:
-    raise app.UsageError("give exactly one of --prompt, --prompt_file, --input_ids")
+    raise ValueError("give exactly one of --prompt, --prompt_file, --input_ids")
+  _positive("max_new_tokens")
+  if not math.isfinite(FLAGS.temperature) or FLAGS.temperature < 0:
+    raise ValueError(f"--temperature must be a finite number >= 0, got {FLAGS.temperature}")
+  if not math.isfinite(FLAGS.top_p) or not 0 < FLAGS.top_p <= 1:
+    raise ValueError(f"--top_p must be in (0, 1], got {FLAGS.top_p}")
+  if FLAGS.logits_out is not None and not FLAGS.logits_out.endswith(".npz"):
+    raise ValueError(f"--logits_out={FLAGS.logits_out}: the name must end in .npz")
+  if FLAGS.mode == "selfextend":
+    _positive("group_size", "neighbor_window")
+  if FLAGS.mode == "focus":
+    _positive("chunk_size", "local_window", "fragment_len", "chunk_batch")
+    if FLAGS.min_focus_len < 0:
+      raise ValueError(f"--min_focus_len must be >= 0, got {FLAGS.min_focus_len}")
+    from focus_jax.parallel import make_mesh
+    make_mesh(FLAGS.mesh)  # the mesh must fit the devices
+
+
+def _prompt_ids(tokenizer_dir, cfg):
+  """(prompt ids, tokenizer or None); the tokenizer is loaded after --input_ids is checked."""
+  tokenizer = None
   if FLAGS.input_ids is not None:
-    ids = np.load(FLAGS.input_ids, allow_pickle=False)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-      raise app.UsageError(f"--input_ids must hold a 1-D integer array, got {ids.dtype} {ids.shape}")
-    return ids.astype(np.int32)
+    try:
+      ids = np.load(FLAGS.input_ids, allow_pickle=False)
+    except (ValueError, EOFError):
+      raise ValueError(f"--input_ids={FLAGS.input_ids}: not an array saved with numpy.save "
+                       "(.npy)") from None
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"--input_ids must hold a 1-D integer array, got "
+                       f"{getattr(ids, 'dtype', type(ids))} {getattr(ids, 'shape', '')}")
+  else:
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if tokenizer is None:
+      raise ValueError("the checkpoint has no tokenizer; use --input_ids")
+    text = FLAGS.prompt
+    if FLAGS.prompt_file is not None:
+      try:
+        with open(FLAGS.prompt_file, encoding="utf-8") as f:
+          text = f.read()
+      except UnicodeDecodeError as e:
+        raise ValueError(f"--prompt_file={FLAGS.prompt_file} is not UTF-8 text "
+                         f"(byte {e.start})") from None
+    if not text:
+      raise ValueError("the prompt is empty" + (f" ({FLAGS.prompt_file})" if FLAGS.prompt_file
+                                                else ""))
+    ids = np.asarray(tokenizer(text)["input_ids"], np.int64)
+  if ids.size == 0:
+    raise ValueError("the prompt holds no tokens")
+  lo, hi = int(ids.min()), int(ids.max())  # exact for any integer dtype, before any cast
+  if lo < 0 or hi >= cfg.vocab_size:
+    raise ValueError(f"prompt ids must be in [0, {cfg.vocab_size}) (the vocabulary), "
+                     f"got min {lo}, max {hi}")
   if tokenizer is None:
-    raise app.UsageError("the checkpoint has no tokenizer; use --input_ids")
-  text = FLAGS.prompt
-  if FLAGS.prompt_file is not None:
-    with open(FLAGS.prompt_file, encoding="utf-8") as f:
-      text = f.read()
-  return np.asarray(tokenizer(text)["input_ids"], np.int32)
+    tokenizer = load_tokenizer(tokenizer_dir)
+  return ids.astype(np.int32), tokenizer
 
 
 def load_tokenizer(tokenizer_dir):
@@ -63,36 +126,109 @@ def load_tokenizer(tokenizer_dir):
   return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def main(argv):
-  del argv
-  if FLAGS.checkpoint is None:
-    raise app.UsageError("--checkpoint is required")
-  if FLAGS.mode not in modes.MODE_NAMES:
-    raise app.UsageError(f"unknown --mode={FLAGS.mode}; available: {sorted(modes.MODE_NAMES)}")
-  from focus_jax.checkpoint.orbax import load_checkpoint
+def _available_bytes() -> tuple[int, str]:
+  import jax
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"{dev.platform} memory"
+  try:
+    with open("/proc/meminfo") as f:
+      info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024, "available host memory"
+  except (OSError, KeyError, ValueError):
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free host memory"
+
+
+def check_memory(cfg, n_prompt: int, params_bytes: int):
+  """Refuses a KV cache (plain / selfextend) that cannot fit, before allocating it."""
+  if FLAGS.mode == "focus":
+    return
+  from focus_jax.decoding import bucket
+  itemsize = np.dtype(FLAGS.dtype if FLAGS.dtype != "bfloat16" else np.float16).itemsize
+  tokens = bucket(n_prompt + FLAGS.max_new_tokens)
+  cache = 2 * cfg.num_layers * tokens * cfg.num_kv_heads * cfg.head_dim * itemsize
+  avail, where = _available_bytes()
+  if cache + params_bytes > avail:
+    raise ValueError(f"the KV cache for {n_prompt} prompt + {FLAGS.max_new_tokens} new tokens "
+                     f"needs {cache / 2**30:.1f} GiB (+ {params_bytes / 2**30:.1f} GiB params), "
+                     f"more than the {avail / 2**30:.1f} GiB of {where}; lower --max_new_tokens")
+
+
+def _dir_bytes(path) -> int:
+  return sum(f.stat().st_size for f in __import__("pathlib").Path(path).rglob("*") if f.is_file())
+
+
+class _TimedSampler:
+  """Records when the first token is chosen (end of compile + prefill)."""
+
+  def __init__(self, sampler):
+    self.sampler, self.first = sampler, None
+
+  def __getattr__(self, name):
+    return getattr(self.sampler, name)
+
+  def pick(self, logits, step):
+    tok = self.sampler.pick(logits, step)
+    if self.first is None:
+      self.first = time.time()
+    return tok
+
+
+def write_logits(path: str, gen):
+  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  try:
+    np.savez(tmp, logits=gen.logits.astype(np.float32), tokens=gen.tokens.astype(np.int32))
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise OSError(f"could not write --logits_out={path}: {e.strerror or e}") from None
+
+
+def generate():
+  validate_flags()
+  from focus_jax.checkpoint.orbax import load_checkpoint, read_checkpoint_info
   from focus_jax.sampling import Sampler
-  model, extras = load_checkpoint(FLAGS.checkpoint)
-  model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
-  tokenizer = load_tokenizer(extras.get("tokenizer_dir"))
-  ids = _prompt_ids(tokenizer)
-  sampler = Sampler(FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
-  logging.info("prompt: %d tokens, mode=%s", ids.size, FLAGS.mode)
   t0 = time.time()
+  cfg, tokenizer_dir = read_checkpoint_info(FLAGS.checkpoint)
+  ids, tokenizer = _prompt_ids(tokenizer_dir, cfg)
+  if FLAGS.mode == "plain" and ids.size + FLAGS.max_new_tokens > cfg.max_position_embeddings:
+    log.warning("prompt (%d tokens) + %d new tokens exceed the model's trained context of %d "
+                "tokens; plain attention degrades beyond it: --mode=selfextend or --mode=focus "
+                "handle long inputs", ids.size, FLAGS.max_new_tokens, cfg.max_position_embeddings)
+  check_memory(cfg, ids.size, _dir_bytes(os.path.join(FLAGS.checkpoint, "params")))
+  sampler = _TimedSampler(Sampler(FLAGS.temperature, FLAGS.top_p, FLAGS.seed))
+  model, _ = load_checkpoint(FLAGS.checkpoint)
+  model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
+  log.info("load: %s in %.1f s (prompt %d tokens, mode=%s)", FLAGS.checkpoint,
+           time.time() - t0, ids.size, FLAGS.mode)
+  t1 = time.time()
   from focus_jax.eval import runner
-  setup = modes.mode_setup(model)
-  gen = runner.generate(setup, ids, FLAGS.max_new_tokens, sampler,
+  gen = runner.generate(modes.mode_setup(model), ids, FLAGS.max_new_tokens, sampler,
                         stop_at_eos=not FLAGS.ignore_eos)
-  dt = time.time() - t0
-  logging.info("generated %d tokens in %.2f s", len(gen.tokens), dt)
-  if FLAGS.logits_out:
-    np.savez(FLAGS.logits_out, logits=gen.logits.astype(np.float32),
-             tokens=gen.tokens.astype(np.int32))
+  t2 = time.time()
+  first = sampler.first or t2
+  log.info("compile + prefill: %.2f s; generate: %d tokens in %.2f s", first - t1,
+           len(gen.tokens), t2 - first)
   if tokenizer is not None:
     print(tokenizer.decode(gen.tokens, skip_special_tokens=False))
   else:
     print(" ".join(map(str, gen.tokens.tolist())))
   sys.stdout.flush()
+  if FLAGS.logits_out:
+    t3 = time.time()
+    write_logits(FLAGS.logits_out, gen)
+    log.info("save: %s in %.2f s", FLAGS.logits_out, time.time() - t3)
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"generate: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(1)
+  setup_logging()
+  fail_cleanly("generate", generate)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_cli("generate", main)

@@ -4,7 +4,9 @@ r"""Trains FocusLLM's candidate projections.
 
 Every field of the config file can be overridden on the command line
 (`--config.steps=100`, `--config.chunk_sizes='(64,128)'`). The run resumes
-from DIR's latest checkpoint. Multi-process: pass --coordinator_address,
+from DIR's latest checkpoint that restores; a config that changes the run's
+meaning is refused unless --allow_config_change, and --config.resume=False
+into a DIR with checkpoints is refused. Multi-process: pass --coordinator_address,
 --num_processes and --process_id, or run under SLURM / a TPU pod, where
 jax.distributed is initialised from the environment. --export_only writes
 DIR/model from DIR's latest checkpoint without training; --eval=N prints the
@@ -13,12 +15,13 @@ held-out losses (with and without the memory) of N samples.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from launch.cli_errors import fail_cleanly, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
@@ -32,6 +35,9 @@ flags.DEFINE_integer("eval", 0, "Instead of training: held-out losses on this ma
                      "(printed as one JSON line).")
 flags.DEFINE_integer("eval_step", -1, "Checkpoint step for --eval: -1 the latest, 0 the initial "
                      "candidate projections.")
+flags.DEFINE_boolean("allow_config_change", False, "Resume even when the config differs from "
+                     "WORKDIR/config.json in a field that changes the run (model, data, lr, "
+                     "losses, shapes); the change is recorded in WORKDIR/config_history.jsonl.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 log = logging.getLogger("focus_jax.launch.train")
@@ -44,19 +50,26 @@ def run(config, workdir):
     import json
     from focus_jax.train.evaluate import evaluate
     step = None if FLAGS.eval_step < 0 else FLAGS.eval_step
-    result = evaluate(config, workdir, FLAGS.eval, step=step)
+    result = evaluate(config, workdir, FLAGS.eval, step=step,
+                      allow_config_change=FLAGS.allow_config_change)
     print(json.dumps(result), flush=True)
     return result
   from focus_jax.train.loop import train
-  summary = train(config, workdir, export_only=FLAGS.export_only)
+  summary = train(config, workdir, export_only=FLAGS.export_only,
+                  allow_config_change=FLAGS.allow_config_change)
   log.info("done: %s", summary)
   return summary
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(f"train: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(1)
   setup_logging()
+  path = config_flags.get_config_filename(FLAGS["config"])
+  if not os.path.isfile(path):
+    print(f"train: error: --config={path}: no such file", file=sys.stderr)
+    sys.exit(1)
   from focus_jax.train.loop import NonFiniteLoss
   try:
     fail_cleanly("train", run, FLAGS.config, FLAGS.workdir)
@@ -66,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_cli("train", main)

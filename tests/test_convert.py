@@ -353,7 +353,7 @@ def test_convert_and_export_cli(tmp_path):
   ckpt, out = tmp_path / "ckpt", tmp_path / "export"
   r = run_cli("launch.convert", f"--hf_model={tmp_path / 'hf'}", f"--out={ckpt}")
   assert r.returncode == 0, r.stderr
-  assert "loaded layer 2/2" in r.stderr  # progress per tensor group
+  assert "load:" in r.stderr and "loaded layer" not in r.stderr  # one line per phase
   r = run_cli("launch.export_hf", f"--checkpoint={ckpt}", f"--out={out}")
   assert r.returncode == 0, r.stderr
   back = AutoModelForCausalLM.from_pretrained(out)

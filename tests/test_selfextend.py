@@ -176,25 +176,33 @@ def test_decode_query_equals_reference(p):
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("t", [1, 7, 12])
+@pytest.mark.parametrize("t", [1, 7, 12, 40])
 def test_shift_only_matters_when_pairs_are_grouped(t):
   """The kernel always shifts grouped queries by s = W; the paper uses s = 0 while every
-  query position is < W. Causally no pair is grouped then, so the two agree, and both
-  equal ordinary attention."""
+  query position is < W. Causally no pair is grouped then (t <= W), so the kernel equals
+  the paper and ordinary attention; with grouped pairs (t = 40) the kernel follows s = W,
+  which then differs from s = 0."""
   g, w = 5, 12
   rng = np.random.default_rng(t)
-  q = rng.normal(size=(1, t, 4, 16))
-  k = rng.normal(size=(1, t, 2, 16))
-  v = rng.normal(size=(1, t, 2, 16))
+  q = rng.normal(size=(1, t, 4, 16)).astype(np.float32)
+  k = rng.normal(size=(1, t, 2, 16)).astype(np.float32)
+  v = rng.normal(size=(1, t, 2, 16)).astype(np.float32)
   pos = np.arange(t)[None]
   mask = pos[:, None, :] <= pos[:, :, None]
-  paper = reference_attention(q, k, v, pos, pos, mask, (g, w))            # s = 0 here
-  always = reference_attention(q, k, v, pos, pos, mask, (g, w), shift=w)  # s = W
-  plain = reference_attention(q, k, v, pos, pos, mask, None)
-  np.testing.assert_array_equal(paper, always)
-  np.testing.assert_array_equal(paper, plain)
-  pq, _ = position_matrices(pos[0], pos[0], g, w)
-  assert np.all((pq == pos[0][:, None]) | ~mask[0])  # every visible pair is a neighbour
+  args = [jnp.asarray(a) for a in (q, k, v, pos, pos, pos, pos, np.ones((1, t), bool))]
+  kernel = np.asarray(attention(*args, inv_frequencies(CFG), selfextend=(g, w)))
+  kernel_plain = np.asarray(attention(*args, inv_frequencies(CFG)))
+  shift_w = reference_attention(q, k, v, pos, pos, mask, (g, w), shift=w)
+  shift_0 = reference_attention(q, k, v, pos, pos, mask, (g, w), shift=0)
+  np.testing.assert_allclose(kernel, shift_w, atol=1e-5, rtol=0)
+  if t <= w:
+    np.testing.assert_allclose(kernel, shift_0, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(kernel, kernel_plain, atol=1e-6, rtol=0)
+    pq, _ = position_matrices(pos[0], pos[0], g, w)
+    assert np.all((pq == pos[0][:, None]) | ~mask[0])  # every visible pair is a neighbour
+  else:
+    assert np.abs(kernel - shift_0).max() > 1e-2
+    assert np.abs(kernel - kernel_plain).max() > 1e-2
 
 
 # ---------------------------------------------------------------- full model

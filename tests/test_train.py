@@ -2,7 +2,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import tiny
@@ -90,12 +89,69 @@ def test_candidate_state_holds_exactly_the_candidate_projections():
                  for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0])
 
 
-def test_loss_falls_on_the_synthetic_copy_task(tmp_path):
-  summary = train(_tiny_config(steps=60), str(tmp_path))
-  losses = [r["loss"] for r in read_metrics(str(tmp_path))]
+@pytest.fixture(scope="module")
+def copy_run(tmp_path_factory):
+  """60 steps on copy-task documents whose period (96) exceeds every local window (at most
+  61 span tokens): the token to predict is never in the local window, only in the memory."""
+  workdir = tmp_path_factory.mktemp("copy_run")
+  config = _tiny_config(steps=60, synthetic=dict(n_docs=256, length=256, vocab=64, period=96))
+  summary = train(config, str(workdir))
+  return config, workdir, summary
+
+
+def test_only_candidate_parameters_have_optimiser_state(copy_run):
+  """The TrainState a real run saves: parameters and AdamW moments of the candidate
+  projections only, no base parameter (sizes counted from the config here)."""
+  import orbax.checkpoint as ocp
+  config, workdir, _ = copy_run
+  t = config.tiny
+  per_layer = {"q": t["hidden_size"] * t["num_heads"] * t["head_dim"],
+               "k": t["hidden_size"] * t["num_kv_heads"] * t["head_dim"],
+               "v": t["hidden_size"] * t["num_kv_heads"] * t["head_dim"],
+               "o": t["num_heads"] * t["head_dim"] * t["hidden_size"]}
+  n_cand = t["num_layers"] * sum(per_layer.values())
+  n_base = t["vocab_size"] * t["hidden_size"]  # the embedding alone
+  meta = ocp.StandardCheckpointer().metadata(workdir / "checkpoints" / "60" / "state")
+  leaves = jax.tree_util.tree_leaves_with_path(meta.item_metadata.tree,
+                                               is_leaf=lambda x: hasattr(x, "shape"))
+  arrays = [(jax.tree_util.keystr(p), int(np.prod(x.shape))) for p, x in leaves
+            if hasattr(x, "shape") and len(x.shape) > 0]
+  assert {p.split("]")[0] for p, _ in arrays} == {"['params'", "['opt_state'"}
+  modules = {p.split("['self_attn']")[-1].split("]")[0] for p, _ in arrays}
+  assert modules == {"['candidate_q_proj'", "['candidate_k_proj'", "['candidate_v_proj'",
+                     "['candidate_o_proj'"}, modules
+  assert all("['self_attn']" in p for p, _ in arrays)  # no embed/mlp/norm/q_proj anywhere
+  total = sum(n for _, n in arrays)
+  assert total == 3 * n_cand, (total, n_cand)  # params + AdamW mu + nu; no base (>= n_base)
+  assert n_base > 0
+
+
+def test_loss_falls_on_the_synthetic_copy_task(copy_run):
+  """The loss falls, and the held-out loss of continuation tasks is lower with the memory
+  than without it: the answer is only in the memory, so the memory carries it."""
+  from focus_jax.train.evaluate import evaluate
+  config, workdir, summary = copy_run
+  losses = [r["loss"] for r in read_metrics(str(workdir))]
   assert summary["step"] == 60 and len(losses) == 60
   first, last = np.mean(losses[:10]), np.mean(losses[-10:])
   assert last < first - 0.4, (first, last)
+  ev = evaluate(config, str(workdir), 8)
+  assert ev["step"] == 60
+  assert ev["loss_continuation"] < ev["loss_continuation_no_memory"] - 0.5, ev
+
+
+def test_non_finite_parameters_stop_before_the_save(tmp_path):
+  """lr = 1e39 is inf in float32: step 1's loss is finite (old parameters) but the update
+  makes the parameters non-finite; nothing of step 1 may be saved."""
+  config = _tiny_config(steps=4, lr=1e39, warmup_steps=0, decay="constant", clip_norm=0.0,
+                        checkpoint_every=1, async_checkpoints=False)
+  with pytest.raises(NonFiniteLoss, match="parameter is NaN or infinite after the update at "
+                     "step 1") as e:
+    train(config, str(tmp_path))
+  assert "no checkpoint was saved before it" in str(e.value)
+  metrics = tmp_path / "metrics.jsonl"
+  assert not metrics.exists() or not metrics.read_text().strip()
+  assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):

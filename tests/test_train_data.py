@@ -97,7 +97,7 @@ def test_sources_text_dirs_jsonl_and_length_filter(tmp_path):
                                   min_len=20, max_len=30, jsonl_field="body",
                                   cache_dir=str(tmp_path / "cache"), tokenizer_name="byte")
   assert [src[i].tolist() for i in range(3)] == [again[i].tolist() for i in range(3)]
-  with pytest.raises(KeyError, match="no field 'text'"):
+  with pytest.raises(ValueError, match=r"c.jsonl:1 has no field .text."):
     TokenWindows.from_paths([str(tmp_path / "c.jsonl")], tok, 20, 30)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from focus_jax.checkpoint import layout
 from focus_jax.checkpoint import official as official_layout
-from focus_jax.checkpoint.atomic import atomic_dir
+from focus_jax.checkpoint.atomic import EXPORT, atomic_dir
 from focus_jax.checkpoint.layout import CheckpointError
 from focus_jax.checkpoint.safetensors_io import SafetensorsReader, write_safetensors
 from focus_jax.config import CANDIDATE_PROJS, FocusConfig, ModelConfig, RopeConfig
@@ -248,7 +248,7 @@ def export_hf(model, hf_config_dict: dict | None, out_dir, tokenizer_src_dir=Non
         if projs else None
     tensors = list(official_layout.iter_tensors(model))  # checks before anything is written
     hf = official_layout.export_config(hf, focus_config)
-  with atomic_dir(out_dir, overwrite) as tmp:
+  with atomic_dir(out_dir, overwrite, owner=EXPORT) as tmp:
     (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     write_safetensors(tmp / "model.safetensors", tensors, log=log.info)
     if projs and not official:

@@ -97,14 +97,7 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
   "focus_config": FocusConfig | None, "tokenizer_dir": str | None}.
   """
   directory = Path(directory).absolute()  # Orbax resolves metadata by absolute path
-  if not (directory / MODEL_CONFIG).is_file() or not (directory / PARAMS_DIR).is_dir():
-    raise CheckpointError(f"{directory} is not a focus_jax checkpoint (no {MODEL_CONFIG} "
-                          f"and {PARAMS_DIR}/); create one with launch.convert")
-  try:
-    cfg = ModelConfig.from_dict(json.loads((directory / MODEL_CONFIG).read_text()))
-  except (ValueError, TypeError, KeyError) as e:
-    raise CheckpointError(f"{directory / MODEL_CONFIG}: not a valid model config ({e}); "
-                          "re-run launch.convert") from None
+  cfg, _ = read_checkpoint_info(directory)
   if dtype is not None:
     dtype_of(dtype)
     cfg = cfg.replace(param_dtype=dtype)
@@ -149,6 +142,21 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
 
 def _cast(x: np.ndarray, dtype):
   return x if dtype is None else x.astype(dtype_of(dtype), copy=False)
+
+
+def read_checkpoint_info(directory) -> tuple[ModelConfig, str | None]:
+  """(ModelConfig, tokenizer folder or None) of a checkpoint, without reading the params."""
+  directory = Path(directory).absolute()
+  if not (directory / MODEL_CONFIG).is_file() or not (directory / PARAMS_DIR).is_dir():
+    raise CheckpointError(f"{directory} is not a focus_jax checkpoint (no {MODEL_CONFIG} "
+                          f"and {PARAMS_DIR}/); create one with launch.convert")
+  try:
+    cfg = ModelConfig.from_dict(json.loads((directory / MODEL_CONFIG).read_text()))
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise CheckpointError(f"{directory / MODEL_CONFIG} is broken ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  tok = directory / TOKENIZER_DIR
+  return cfg, (str(tok) if tok.is_dir() and any(tok.iterdir()) else None)
 
 
 def _sharding(sharding, path: str, leaf):

@@ -40,13 +40,22 @@ def read_documents(paths: Sequence[str], jsonl_field: str = "text") -> Iterator[
   for path in paths:
     for f in _files(path):
       if f.endswith(".jsonl"):
-        with open(f, encoding="utf-8") as fh:
-          for ln, line in enumerate(fh, 1):
+        with open(f, "rb") as fh:
+          for ln, raw in enumerate(fh, 1):
+            try:
+              line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+              raise ValueError(f"{f}:{ln}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():
               continue
-            rec = json.loads(line)
+            try:
+              rec = json.loads(line)
+            except ValueError as e:
+              raise ValueError(f"{f}:{ln}: not valid JSON ({e})") from None
+            if not isinstance(rec, dict):
+              raise ValueError(f"{f}:{ln}: expected a JSON object, got {type(rec).__name__}")
             if jsonl_field not in rec:
-              raise KeyError(f"{f}:{ln} has no field {jsonl_field!r} (fields: {sorted(rec)})")
+              raise ValueError(f"{f}:{ln} has no field {jsonl_field!r} (fields: {sorted(rec)})")
             yield str(rec[jsonl_field])
       else:
         with open(f, encoding="utf-8", errors="replace") as fh:

@@ -46,7 +46,8 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
   """Attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd].
 
   q_pos, q_order: [B,T] int; k_pos, k_order: [B,S] int; k_valid: [B,S] bool.
-  Returns [B,T,H,hd] in q's dtype. Rows with no visible key return zeros.
+  Returns [B,T,H,hd] in q's dtype. Rows with no visible key return zeros; a NaN
+  score stays NaN in its row.
   """
   b, t, h, hd = q.shape
   s, kvh = k.shape[1], k.shape[2]
@@ -126,7 +127,9 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
       (m, l, acc), _ = step(init, jax.tree.map(lambda x: x[0], (ks, vb, kp, ko, kv_)))
     else:
       (m, l, acc), _ = jax.lax.scan(step, init, (ks, vb, kp, ko, kv_))
-    seen = m > NEG_INF / 2
+    # A row with no visible key keeps m = NEG_INF and returns exact zeros; a NaN score
+    # makes m NaN, and the NaN must come out, not turn into a zero row.
+    seen = ~(m <= NEG_INF / 2)
     return jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
 
   if nq == 1:

@@ -21,28 +21,31 @@ from focus_jax.data import BatchSpec, step_iterator
 from flax import nnx
 
 from focus_jax.focus.losses import split_model, task_losses
-from focus_jax.train import setup
-from focus_jax.train.checkpoints import TrainCheckpoints
-from focus_jax.train.optim import make_optimizer, make_schedule
-from focus_jax.train.step import init_state
+from focus_jax.train import run_config, setup
+from focus_jax.train.checkpoints import TrainCheckpoints, saved_steps
 
 log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1000
 
 
-def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None) -> dict:
+def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
+             allow_config_change: bool = False) -> dict:
   """Mean held-out losses of the checkpoint at `step` (default: latest; 0: initial)."""
+  if n_samples < 1:
+    raise ValueError(f"the number of eval samples must be >= 1, got {n_samples}")
+  ckdir = os.path.join(workdir, "checkpoints")
+  steps = saved_steps(ckdir)
+  if step not in (None, 0) and step not in steps:
+    raise ValueError(f"no checkpoint step {step} in {ckdir} (saved steps: {steps or 'none'})")
+  if steps:
+    run_config.check_config(config, workdir, allow_config_change)
   model = setup.load_model(config)
   cfg = model.cfg
   graphdef, cand, frozen = split_model(model.module)
-  ckdir = os.path.join(workdir, "checkpoints")
-  if step != 0 and os.path.isdir(ckdir):
+  if step != 0 and steps:
     ckpts = TrainCheckpoints(ckdir, every=1)
-    step = ckpts.latest_step() if step is None else step
-    if step is not None:
-      tx = make_optimizer(make_schedule(config.lr, config.steps))
-      restored = ckpts.manager.restore(step, args=_state_only(init_state(cand, tx)))
-      cand = restored["state"].params
+    step = steps[-1] if step is None else step
+    cand = _saved_params(ckpts, step, cand)
     ckpts.close()
   step = step or 0
   eval_config = config.copy_and_resolve_references()
@@ -74,7 +77,17 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None)
   return out
 
 
-def _state_only(state):
+def _saved_params(ckpts, step: int, cand_like):
+  """The candidate parameters of `step`, read with the saved tree (whatever optimiser made
+  it), checked against the model's shapes."""
   import orbax.checkpoint as ocp
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  return ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+  restored = ckpts.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  saved = restored["state"]
+  params = saved["params"] if isinstance(saved, dict) else saved.params
+  # the saved tree is the candidate State's, in the same (sorted) leaf order
+  got = jax.tree.leaves(params)
+  want = jax.tree.leaves(cand_like)
+  if [(tuple(x.shape), str(x.dtype)) for x in got] != [(x.shape, str(x.dtype)) for x in want]:
+    raise ValueError(f"checkpoint step {step} in {ckpts.directory} does not match the model "
+                     "of this config (candidate parameter shapes differ)")
+  return jax.tree.unflatten(jax.tree.structure(cand_like), [jax.numpy.asarray(x) for x in got])

@@ -4,11 +4,17 @@
   WORKDIR/metrics.jsonl  one JSON object per step; WORKDIR/tensorboard/ events
   WORKDIR/model/         the trained model (base + candidate projections) as a
                          focus_jax checkpoint, for launch.export_hf / generate
-  WORKDIR/config.json    the run's config
+  WORKDIR/config.json    the config the run started with (focus_jax.train.run_config;
+                         accepted changes on resume go to config_history.jsonl)
 
-A run resumes from the latest checkpoint in WORKDIR unless config.resume is
-False. SIGTERM (and SIGINT) finish the current step, save and exit normally. A
-non-finite loss raises NonFiniteLoss before anything of that step is saved.
+A run resumes from the newest checkpoint in WORKDIR that restores (damaged
+newer steps are moved to WORKDIR/checkpoints_damaged/). A resume with a config
+that changes the run's meaning is refused unless allow_config_change, before
+anything is written; resume=False into a WORKDIR that holds checkpoints is
+refused (a new run needs a new WORKDIR). SIGTERM (and SIGINT) finish the
+current step, save and exit normally. A non-finite loss, or non-finite
+parameters after an update, raise NonFiniteLoss before anything of that step
+is saved.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import signal
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flax import nnx
@@ -26,8 +33,8 @@ from flax import nnx
 from focus_jax import parallel
 from focus_jax.focus.losses import split_model
 from focus_jax.model import param_count
-from focus_jax.train import setup
-from focus_jax.train.checkpoints import TrainCheckpoints
+from focus_jax.train import run_config, setup
+from focus_jax.train.checkpoints import TrainCheckpoints, saved_steps
 from focus_jax.train.metrics import MetricsWriter, Stopwatch
 from focus_jax.train.optim import make_optimizer, make_schedule
 from focus_jax.train.step import make_train_step, place_batch, place_state
@@ -36,7 +43,12 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(FloatingPointError):
-  """The loss became NaN or infinite."""
+  """The loss, or a parameter after an update, became NaN or infinite."""
+
+
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
 class StopRequest:
@@ -80,15 +92,37 @@ def _step_metrics(m: dict, tokens: int, dt: float) -> dict:
   return out
 
 
-def train(config, workdir: str, *, export_only: bool = False) -> dict:
+def prepare_workdir(config, workdir: str, *, export_only: bool = False,
+                    allow_config_change: bool = False) -> list[int]:
+  """Checks WORKDIR against config before anything is written; returns its saved steps."""
+  run_config.config_dict(config)  # a config that cannot be read fails here, not half-way
+  steps = saved_steps(os.path.join(workdir, "checkpoints"))
+  if export_only and not steps:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')} to export")
+  if steps and not config.resume and not export_only:
+    raise FileExistsError(
+        f"{workdir} already holds checkpoints (steps {steps[0]}..{steps[-1]}) and "
+        "config.resume is False; start the new run in a new --workdir, or resume this one")
+  fresh = not steps and not export_only
+  changes = {} if fresh else run_config.check_config(config, workdir, allow_config_change)
+  if jax.process_index() == 0 and not export_only:
+    os.makedirs(workdir, exist_ok=True)
+    run_config.record_config(config, workdir, changes, steps[-1] if steps else None, fresh=fresh)
+    if changes:
+      log.warning("resuming with config changes %s (recorded in %s)", changes,
+                  run_config.HISTORY_FILE)
+  return steps
+
+
+def train(config, workdir: str, *, export_only: bool = False,
+          allow_config_change: bool = False) -> dict:
   """Runs (or resumes) training; returns a summary of the last step.
 
   export_only: restore WORKDIR's latest checkpoint and write WORKDIR/model, no step.
+  allow_config_change: resume even when the config differs in a meaningful field.
   """
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  prepare_workdir(config, workdir, export_only=export_only,
+                  allow_config_change=allow_config_change)
   mesh = parallel.make_mesh(config.mesh)
   model = setup.load_model(config)
   cfg = model.cfg
@@ -115,15 +149,15 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
   if export_only:
     if start is None:
       raise FileNotFoundError(f"no checkpoint in {ckpts.directory} to export")
-    state, _ = ckpts.restore(start, state, data)
+    state, _, start = ckpts.restore_newest(state, data)
     ckpts.close()
     writer.close()
     return {"step": start,
             "model": export_model(config, workdir, model, graphdef, state.params, frozen)}
   if start is not None:
-    state, data = ckpts.restore(start, state, data)
-    writer.truncate(start)
+    state, data, start = ckpts.restore_newest(state, data)
     log.info("resumed from step %d", start)
+  writer.truncate(start or 0)
   step_fn = make_train_step(graphdef, mesh, tx, schedule,
                             tasks_per_step=bspec.samples_per_step * spec.tasks_per_sample,
                             stop_gradient_prefix=config.stop_gradient_prefix,
@@ -142,11 +176,16 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
       step += 1
       last = _step_metrics(m, tokens, clock.lap())
       last["data_crc"] = data_fingerprint(local)
-      if not math.isfinite(last["loss"]):
+      bad = None if math.isfinite(last["loss"]) else f"loss is {last['loss']}"
+      if bad is None and not bool(_all_finite(state.params)):
+        bad = "a parameter is NaN or infinite after the update"
+      if bad:
         ckpts.wait()
+        good = ckpts.latest_step()
         raise NonFiniteLoss(
-            f"loss is {last['loss']} at step {step}; stopping. Nothing of this step was saved; "
-            f"the last good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}")
+            f"{bad} at step {step}; stopping. Nothing of this step was saved; " + (
+                f"the last good checkpoint is step {good} in {ckpts.directory}"
+                if good is not None else "no checkpoint was saved before it"))
       writer.write(step, last)
       if ckpts.save(step, state, data):
         saved_at = step
