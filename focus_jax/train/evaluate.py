@@ -51,9 +51,11 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None)
   it = step_iterator(source, spec, BatchSpec(global_batch=1), config.seed + EVAL_SEED_OFFSET)
   params = join_params(cand, frozen)
 
+  bos_mem = config.get("bos_sees_memory", True)
+
   @jax.jit
   def losses(p, b):
-    with_mem, _ = task_losses(p, cfg, b)
+    with_mem, _ = task_losses(p, cfg, b, bos_sees_memory=bos_mem)
     no_mem, _ = task_losses(p, cfg, dict(b, n_memory=b["n_memory"] * 0))
     return with_mem, no_mem
   ce, ce0, kinds = [], [], []

@@ -120,7 +120,8 @@ def train(config, workdir: str, *, export_only: bool = False) -> dict:
     log.info("resumed from step %d", start)
   step_fn = make_train_step(cfg, mesh, tx, schedule,
                             tasks_per_step=bspec.samples_per_step * spec.tasks_per_sample,
-                            stop_gradient_prefix=config.stop_gradient_prefix)
+                            stop_gradient_prefix=config.stop_gradient_prefix,
+                            bos_sees_memory=config.get("bos_sees_memory", True))
   stop = StopRequest()
   step, last, saved_at = int(start or 0), {}, start
   try:

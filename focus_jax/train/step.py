@@ -72,7 +72,7 @@ def place_batch(mesh, local_batch: dict) -> dict:
 
 def make_train_step(cfg: ModelConfig, mesh, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, tasks_per_step: int,
-                    stop_gradient_prefix: bool = True):
+                    stop_gradient_prefix: bool = True, bos_sees_memory: bool = True):
   """Returns step(state, frozen, batch) -> (state, metrics), jitted, state donated.
 
   tasks_per_step: the number of tasks in one optimiser step over all hosts
@@ -106,7 +106,8 @@ def make_train_step(cfg: ModelConfig, mesh, tx: optax.GradientTransformation,
 
     def objective(c, mb):
       ce, kind = task_losses(join_params(c, frozen), cfg, mb,
-                             stop_gradient_prefix=stop_gradient_prefix, route=route)
+                             stop_gradient_prefix=stop_gradient_prefix, route=route,
+                             bos_sees_memory=bos_sees_memory)
       return ce.sum() / (tasks_per_step * repeats), (ce, kind)
 
     def micro(carry, mb):
