@@ -59,7 +59,7 @@ def main(argv):
         st = [r["step"] for r in pts]
         ax.plot(st, [r[f"loss_{kind}"] for r in pts], "-o", color=col, ms=3,
                 label=f"{name}, memory")
-        ax.plot(st, [r[f"loss_{kind}_no_memory"] for r in pts], "--", color=col, lw=1,
+        ax.plot(st, [r[f"loss_{kind}_no_memory"] for r in pts], "--x", color=col, lw=1, ms=4,
                 label=f"{name}, no memory")
     if os.path.exists(os.path.join(run, "metrics.jsonl")):
       curve = loss_curve(read_metrics(run), FLAGS.window)

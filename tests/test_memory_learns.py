@@ -8,33 +8,24 @@ use its memory (the held-out loss with the memory is not below the loss
 without it); after a short training of the candidate projections it is, by a
 margin, on held-out documents never seen in training.
 """
-import ml_collections
 import numpy as np
 import pytest
 
-from configs import tiny
+from configs import tiny_kv
 from focus_jax.data.sources import key_value_documents
 from focus_jax.train.evaluate import evaluate
 from focus_jax.train.loop import train
 
-PAIRS, VOCAB = 8, 35
+PAIRS, VOCAB = tiny_kv.PAIRS, tiny_kv.VOCAB
 STEPS = 200
 MARGIN = 1.0  # nats (measured: untrained 0.32, trained 1.72 after 200 steps)
 
 
 def _config():
-  c = tiny.get_config()
-  c.data, c.eval_data = "synthetic_kv", "synthetic_kv:eval"
-  c.synthetic_kv = ml_collections.ConfigDict(dict(n_docs=256, pairs=PAIRS, vocab=VOCAB))
-  c.min_len = c.max_len = 4 * PAIRS
-  c.local_window = 2 * PAIRS
-  c.chunk_sizes = (2,)             # one key-value pair per chunk row
-  c.span_min = 4
-  c.steps, c.batch_size, c.lr, c.warmup_steps = STEPS, 16, 3e-2, 5
-  c.checkpoint_every, c.async_checkpoints = 1000, False
-  c.tensorboard, c.export_model = False, False
+  c = tiny_kv.get_config()
+  c.steps = STEPS
+  c.async_checkpoints, c.tensorboard, c.export_model = False, False, False
   return c
-
 
 
 def test_key_value_documents():
