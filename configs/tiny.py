@@ -44,6 +44,7 @@ def get_config():
   c.b1, c.b2, c.eps = 0.9, 0.999, 1e-8
   c.clip_norm = 1.0                # 0 disables clipping
   c.stop_gradient_prefix = True    # False: back-propagate through the whole chunks
+  c.bos_sees_memory = True         # False: the local BOS does not attend to the memory
   c.mesh = ""                      # e.g. "data:2,chunk:4", "fsdp:8"; "" is one device
   c.base_dtype = ""                # "bfloat16": store the frozen base in bf16 ("": as loaded)
   c.model_shape = None             # architecture for launch.plan when model is not a checkpoint

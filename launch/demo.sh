@@ -42,5 +42,8 @@ ids, answer = make_passkey_prompt(tok, 1536, depth=0.3, seed=1)
 np.save(sys.argv[2], ids)
 print(f"passkey prompt: {len(ids)} tokens, answer {answer}")
 PYEOF
+echo "FocusLLM passkey below: the candidates trained for a few demo steps do not yet carry the key" \
+  "(no recipe has yet made SmolLM2's memory retrieve it: docs/RESULTS.md, 'Making the memory work');" \
+  "this shows the trained-checkpoint round trip, not retrieval."
 "$PY" -m launch.generate --checkpoint="$RUN/model" --mode=focus --input_ids=out/demo_passkey.npy \
   --chunk_size=256 --local_window=256 --fragment_len=128 --min_focus_len=512 --max_new_tokens=8

@@ -80,6 +80,30 @@ def synthetic_documents(n_docs: int, length: int, vocab: int, seed: int = 0,
   return docs
 
 
+def key_value_documents(n_docs: int, pairs: int, vocab: int, seed: int = 0,
+                        low: int = 3) -> list[np.ndarray]:
+  """Retrieval documents: `pairs` key-value pairs k_1 v_1 k_2 v_2 ..., laid out twice.
+
+  Keys are distinct ids from the lower half of [low, vocab), values random ids
+  from the upper half, so a value follows only its key. The second copy
+  repeats the pairs in a new random order: there, after a key, the value is
+  known only from the first copy (the memory), never from nearby text.
+  """
+  if pairs > (vocab - low) // 2:
+    raise ValueError(f"{pairs} distinct keys need vocab >= {low + 2 * pairs}, got {vocab}")
+  rng = np.random.default_rng([seed, 78])
+  mid = low + (vocab - low) // 2
+  docs = []
+  for _ in range(n_docs):
+    keys = rng.choice(np.arange(low, mid), size=pairs, replace=False)
+    vals = rng.integers(mid, vocab, size=pairs)
+    perm = rng.permutation(pairs)
+    first = np.stack([keys, vals], 1).ravel()
+    second = np.stack([keys[perm], vals[perm]], 1).ravel()
+    docs.append(np.concatenate([first, second]).astype(np.int32))
+  return docs
+
+
 def window_table(doc_lengths: Sequence[int], min_len: int, max_len: int) -> np.ndarray:
   """[N, 2] (offset, length) of windows cut from documents laid end to end."""
   rows, off = [], 0

@@ -59,10 +59,13 @@ def candidate_memory(model, tokens, valid, *, stop_gradient_prefix: bool = True)
   return k, v
 
 
-def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targets):
+def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targets, *,
+                 bos_sees_memory: bool = True):
   """Cross-entropy per task of the local input attending to the memory.
 
   core.local_forward's layout, with logits only at the last K positions.
+  bos_sees_memory=False (not the official layout): the first local token (BOS)
+  does not attend to the memory (entries get mask order n + 1); positions unchanged.
   mem_k, mem_v: [L, N, R, KV, hd] (rows >= n_memory are padding); n_memory [N];
   local_tokens, local_valid: [N, Lq] left-padded; targets [N, K].
   Returns [N] float32: mean over the K targets.
@@ -70,6 +73,8 @@ def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targe
   rows = mem_k.shape[2]
   kk = targets.shape[1]
   prefix, n_valid = memory_prefix(mem_k, mem_v, jnp.arange(rows)[None, :] < n_memory[:, None])
+  if not bos_sees_memory:
+    prefix = prefix._replace(order=jnp.broadcast_to((n_valid + 1)[:, None], prefix.order.shape))
   out = model(local_tokens, row_positions(local_valid, n_valid), valid=local_valid,
               prefix=prefix, logits=None)
   logits = model.unembed(out.hidden[:, -kk:])
@@ -79,7 +84,7 @@ def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targe
 
 
 def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
-                route: Callable | None = None):
+                route: Callable | None = None, bos_sees_memory: bool = True):
   """Per-task losses of one micro-batch.
 
   batch: chunk_tokens [N,T,R,C], chunk_valid, local_tokens [N,T,Lq],
@@ -90,6 +95,7 @@ def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
   (n_memory, local_tokens, local_valid, targets, kind); under shard_map it
   collects the memory rows of the other chunk devices and may keep a share
   of the tasks.
+  bos_sees_memory: see local_losses.
   Returns (ce [M] float32, kind [M]) for the M tasks kept (N*T without route).
   """
   n, t, r, c = batch["chunk_tokens"].shape
@@ -103,7 +109,7 @@ def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
   if route is not None:
     mk, mv, local = route(mk, mv, local)
   ce = local_losses(model, mk, mv, local["n_memory"], local["local_tokens"],
-                    local["local_valid"], local["targets"])
+                    local["local_valid"], local["targets"], bos_sees_memory=bos_sees_memory)
   return ce, local["kind"]
 
 

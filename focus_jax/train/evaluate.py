@@ -55,10 +55,12 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
   source = setup.make_source(eval_config, model, workdir)
   it = step_iterator(source, spec, BatchSpec(global_batch=1), config.seed + EVAL_SEED_OFFSET)
 
+  bos_mem = config.get("bos_sees_memory", True)
+
   @jax.jit
   def losses(c, f, b):
     m = nnx.merge(graphdef, c, f)
-    with_mem, _ = task_losses(m, b)
+    with_mem, _ = task_losses(m, b, bos_sees_memory=bos_mem)
     no_mem, _ = task_losses(m, dict(b, n_memory=b["n_memory"] * 0))
     return with_mem, no_mem
   ce, ce0, kinds = [], [], []

@@ -163,7 +163,8 @@ def train(config, workdir: str, *, export_only: bool = False,
                             stop_gradient_prefix=config.stop_gradient_prefix,
                             param_specs=placement.param_specs,
                             remat=config.get("remat") or "none",
-                            state_shardings=placement.state_shardings)
+                            state_shardings=placement.state_shardings,
+                            bos_sees_memory=config.get("bos_sees_memory", True))
   stop = StopRequest()
   step, last, saved_at = int(start or 0), {}, start
   try:

@@ -69,7 +69,10 @@ class MetricsWriter:
     row = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
     if eta is not None:
       row["eta_s"] = round(eta, 1)
-    parts = [f"step {step}/{self.total_steps}", f"loss {metrics['loss']:.4f}"]
+    done = min(1.0, step / max(self.total_steps, 1))
+    bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
+    parts = [f"[{bar}] {100 * done:3.0f}% step {step}/{self.total_steps}",
+             f"loss {metrics['loss']:.4f}"]
     for k in ("loss_continuation", "loss_repetition"):
       if k in metrics:
         parts.append(f"{k[5:]} {metrics[k]:.4f}")

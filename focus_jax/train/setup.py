@@ -19,6 +19,7 @@ from focus_jax.data import (BatchSpec, ByteTokenizer, SampleSpec, TokenWindows, 
 from flax import nnx
 
 from focus_jax.model import LlamaForCausalLM, add_candidates
+from focus_jax.data.sources import key_value_documents
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,17 @@ def shakespeare_split(split: str) -> list[str]:
 
 
 def make_source(config, model: Model, workdir: str) -> TokenWindows:
-  """Token windows from config.data: "synthetic", "shakespeare[:all|train|eval]" or
-  comma-separated files, folders and .jsonl files."""
+  """Token windows from config.data: "synthetic", "synthetic_kv[:eval]" (key-value
+  retrieval documents, config.synthetic_kv; ":eval" draws other documents),
+  "shakespeare[:all|train|eval]" or comma-separated files, folders and .jsonl files."""
+  if config.data.partition(":")[0] == "synthetic_kv":
+    kv = config.synthetic_kv
+    split = config.data.partition(":")[2]
+    if split not in ("", "eval"):
+      raise ValueError(f"unknown synthetic_kv split {split!r}; expected synthetic_kv[:eval]")
+    docs = key_value_documents(kv.n_docs, kv.pairs, min(kv.vocab, model.cfg.vocab_size),
+                               seed=config.seed + (1000 if split else 0))
+    return TokenWindows.from_token_docs(docs, config.min_len, config.max_len)
   if config.data == "synthetic":
     syn = config.synthetic
     docs = synthetic_documents(syn.n_docs, syn.length, min(syn.vocab, model.cfg.vocab_size),

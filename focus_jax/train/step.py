@@ -126,7 +126,7 @@ def place_state(cand, frozen, tx: optax.GradientTransformation, mesh, *,
 def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, tasks_per_step: int,
                     stop_gradient_prefix: bool = True, param_specs=None,
-                    remat: str = "none", state_shardings=None):
+                    remat: str = "none", state_shardings=None, bos_sees_memory: bool = True):
   """Returns step(state, frozen, batch) -> (state, metrics), jitted, state donated.
 
   graphdef: of the model with candidates (`split_model`); frozen: its frozen State.
@@ -183,7 +183,8 @@ def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
 
     def objective(c, mb):
       ce, kind = task_losses(gathered_model(c, frozen), mb,
-                             stop_gradient_prefix=stop_gradient_prefix, route=route)
+                             stop_gradient_prefix=stop_gradient_prefix, route=route,
+                             bos_sees_memory=bos_sees_memory)
       return ce.sum() / (tasks_per_step * repeats), (ce, kind)
 
     def micro(carry, mb):

@@ -1,0 +1,33 @@
+"""SmolLM2-135M-Instruct FocusLLM recipe for a 2-core CPU (make train-smollm2).
+
+Against configs/smollm2_135m.py: cheaper steps (windows of 384-512 tokens,
+Wl = 128, S in {64, 128}, F = 64), two samples per step, and a learning rate
+of 1e-3 (only the candidate projections train; they tolerate a large one).
+target_tokens K > 1 supervises the K tokens after the span from one memory
+built at the span's end: that trains fast-mode decoding (memory frozen after
+the prefill). Held-out losses (bench/memory_eval.py) always use K = 1.
+"""
+from configs import smollm2_135m
+
+
+def get_config():
+  c = smollm2_135m.get_config()
+  c.min_len = 384
+  c.max_len = 512
+  c.local_window = 128
+  c.chunk_sizes = (64, 128)
+  c.fragment_max = 64
+  c.span_min = 30
+  c.target_tokens = 1
+  c.bos_sees_memory = True          # official layout
+  c.batch_size = 2
+  c.accum = 1
+  c.lr = 1e-3
+  c.warmup_steps = 20
+  c.decay = "linear"
+  c.end_lr_factor = 0.1
+  c.steps = 1200
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 100
+  c.focus = dict(chunk_size=128, min_focus_len=384)  # inference: S=128, Wl=128, F=64
+  return c
