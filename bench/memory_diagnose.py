@@ -45,51 +45,52 @@ flags.DEFINE_string("label", "", "Name printed in the JSON line.")
 
 
 def load_candidates(config, cand, workdir, step):
+  """The candidate State of WORKDIR's checkpoint `step` (-1: latest; 0: the initial copies)."""
   from focus_jax.train.checkpoints import TrainCheckpoints
-  from focus_jax.train.evaluate import _state_only
-  from focus_jax.train.optim import make_optimizer, make_schedule
-  from focus_jax.train.step import init_state
+  from focus_jax.train.evaluate import _saved_params
   ckdir = os.path.join(workdir, "checkpoints")
   if step == 0 or not os.path.isdir(ckdir):
     return cand, 0
   ck = TrainCheckpoints(ckdir, every=1)
   step = ck.latest_step() if step < 0 else step
-  tx = make_optimizer(make_schedule(config.lr, config.steps))
-  out = ck.manager.restore(step, args=_state_only(init_state(cand, tx, 0)))["state"].params
+  out = _saved_params(ck, step, cand)
   ck.close()
   return out, step
 
 
-def make_attention_stats(cfg, layers):
-  """f(params, mem_k, mem_v, mem_valid, local, local_valid) -> [len(layers), 3]: per layer the
-  last local position's attention mass (mean over heads) on the memory, on each entry, on BOS."""
+def make_attention_stats(graphdef, layers):
+  """f(state, mem_k, mem_v, mem_valid, local, local_valid) -> [len(layers), R + 1]: per layer
+  the last local position's attention mass (mean over heads) on each memory entry, then on BOS."""
   import jax
   import jax.numpy as jnp
+  from flax import nnx
   from focus_jax.focus.core import memory_prefix, row_positions
-  from focus_jax.model import apply_rope, forward, inv_frequencies
-  hq, hk, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  from focus_jax.model import apply_rope, inv_frequencies
 
   @jax.jit
-  def f(params, mem_k, mem_v, mem_valid, local, local_valid):
+  def f(state, mem_k, mem_v, mem_valid, local, local_valid):
+    model = nnx.merge(graphdef, state)
+    cfg = model.config
+    hq, hk, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     r = mem_k.shape[1]
     prefix, n = memory_prefix(mem_k[:, None], mem_v[:, None], mem_valid[None])
     toks, val = local[None], local_valid[None]
     pos = row_positions(val, n)
-    kv = forward(params, cfg, toks, pos, valid=val, prefix=prefix, logits=None,
-                 return_kv=True)["kv"]
+    kv = model(toks, pos, valid=val, prefix=prefix, logits=None, return_kv=True).kv
     inv = inv_frequencies(cfg, pos.max() + 1)
     ok = jnp.concatenate([mem_valid, local_valid])
     bos = r + jnp.argmax(local_valid)
+    layer_state = nnx.state(model.model.layers)
     out = []
     for l in layers:
-      lp = {k: v[:l] for k, v in params["layers"].items()}
-      trunc = dict(params, layers=lp, final_norm=jnp.ones_like(params["final_norm"]))
+      # the first l layers, then a plain RMS norm: the input of layer l's input_layernorm
+      trunc = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # its own Variables
+      nnx.update(trunc.model.layers, jax.tree.map(lambda x: x[:l], layer_state))
+      trunc.model.norm.weight[...] = jnp.ones_like(trunc.model.norm.weight[...])
       pre = prefix._replace(k=prefix.k[:l], v=prefix.v[:l])
-      x = forward(trunc, cfg, toks, pos, valid=val, prefix=pre, logits=None)["hidden"][0, -1]
-      h = x * params["layers"]["attn_norm"][l]
-      q = h @ params["layers"]["q"][l]
-      if "q_bias" in params["layers"]:
-        q = q + params["layers"]["q_bias"][l]
+      x = trunc(toks, pos, valid=val, prefix=pre, logits=None).hidden[0, -1]
+      layer = model.model.layer(l)
+      q = layer.self_attn.q_proj(x * layer.input_layernorm.weight[...])
       q = apply_rope(q.reshape(1, hq, hd), pos[0, -1:], inv)[0]
       keys = jnp.concatenate([apply_rope(mem_k[l], jnp.arange(r), inv),
                               apply_rope(kv[0][l, 0], pos[0], inv)], 0)
@@ -108,9 +109,9 @@ def main(argv):
   import numpy as np
   from focus_jax.data.samples import CONTINUATION, REPETITION, build_task, chunk_size_for_step
   from focus_jax.data.samples import draw_task
-  from focus_jax.focus.losses import candidate_memory, join_params, local_losses, split_params
+  from flax import nnx
   from focus_jax.focus.core import row_positions
-  from focus_jax.model import forward
+  from focus_jax.focus.losses import candidate_memory, local_losses, split_model
   from focus_jax.train import setup
   from focus_jax.train.evaluate import EVAL_SEED_OFFSET
 
@@ -119,9 +120,9 @@ def main(argv):
     config.target_tokens = 1
   model = setup.load_model(config)
   cfg = model.cfg
-  cand, frozen = split_params(model.params)
+  graphdef, cand, frozen = split_model(model.module)
   cand, step = load_candidates(config, cand, FLAGS.workdir, FLAGS.step)
-  params = join_params(cand, frozen)
+  full_graphdef, params = nnx.split(nnx.merge(graphdef, cand, frozen))
   spec = setup.sample_spec(config, cfg, 1)
   ev = config.copy_and_resolve_references()
   with ev.unlocked():
@@ -133,21 +134,23 @@ def main(argv):
 
   @jax.jit
   def rows_and_memory(p, rows, valid):
-    logits = forward(p, cfg, rows, row_positions(valid), valid=valid,
-                     candidate_index=jnp.full((rows.shape[0],), rows.shape[1] - 1),
-                     logits="last")["logits"][:, -1]
-    k, v = candidate_memory(p, cfg, rows, valid)
+    m = nnx.merge(full_graphdef, p)
+    logits = m(rows, row_positions(valid), valid=valid,
+               candidate_index=jnp.full((rows.shape[0],), rows.shape[1] - 1),
+               logits="last").logits[:, -1]
+    k, v = candidate_memory(m, rows, valid)
     return jax.nn.log_softmax(logits, -1), k, v
 
   @jax.jit
   def losses(p, k, v, n, local, lvalid, target):
+    m = nnx.merge(full_graphdef, p)
     args = (k[:, None], v[:, None])
     lt, lv, tg = local[None], lvalid[None], target[None, None]
-    return (local_losses(p, cfg, *args, n[None], lt, lv, tg)[0],
-            local_losses(p, cfg, *args, n[None] * 0, lt, lv, tg)[0],
-            local_losses(p, cfg, *args, n[None], lt, lv, tg, bos_sees_memory=False)[0])
+    return (local_losses(m, *args, n[None], lt, lv, tg)[0],
+            local_losses(m, *args, n[None] * 0, lt, lv, tg)[0],
+            local_losses(m, *args, n[None], lt, lv, tg, bos_sees_memory=False)[0])
 
-  att_fn = make_attention_stats(cfg, layers)
+  att_fn = make_attention_stats(full_graphdef, layers)
   recs = []
   for i in range(FLAGS.samples):
     x = source[int(order[i % len(order)])]
