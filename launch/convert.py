@@ -34,25 +34,20 @@ flags.mark_flags_as_required(["hf_model", "out"])
 log = logging.getLogger("focus_jax.launch.convert")
 
 
-def check_finite(params: dict, where) -> None:
-  """Raises ValueError naming the first tensor (and layer) holding NaN or Inf."""
-  def walk(tree, path):
-    for k, v in tree.items():
-      if isinstance(v, dict):
-        yield from walk(v, f"{path}{k}.")
-      else:
-        yield f"{path}{k}", v
-  for name, x in walk(params, ""):
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
-      continue
-    rows = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
-    for i, row in enumerate(rows):  # one layer at a time: bounded memory
-      bad = ~np.isfinite(row.astype(np.float32))
+def check_finite(model, where) -> None:
+  """Raises ValueError naming the first tensor (by its HF name) holding NaN or Inf.
+
+  Reads one layer's tensor at a time, as it would be written: bounded memory.
+  """
+  from focus_jax.checkpoint import layout
+  for candidates in (False, True):
+    for name, get, _, dtype in layout.iter_hf_tensors(model, candidates=candidates):
+      if not np.issubdtype(np.dtype(dtype), np.floating) and np.dtype(dtype).kind != "V":
+        continue
+      bad = ~np.isfinite(np.asarray(get()).astype(np.float32))
       if bad.any():
-        layer = f" layer {i}" if x.ndim > 1 and "layers" in name.split(".") else ""
-        raise ValueError(f"{where}: tensor {name}{layer} holds {int(bad.sum())} non-finite "
-                         "values (NaN/Inf); pass --allow_nonfinite to convert anyway")
+        raise ValueError(f"{where}: tensor {name} holds {int(bad.sum())} non-finite values "
+                         "(NaN/Inf); pass --allow_nonfinite to convert anyway")
 
 
 def convert(hf_model: str, out: str, overwrite: bool, dtype: str, allow_nonfinite: bool = False):
@@ -66,8 +61,7 @@ def convert(hf_model: str, out: str, overwrite: bool, dtype: str, allow_nonfinit
   if allow_nonfinite:
     log.warning("--allow_nonfinite: tensors are not checked for NaN/Inf")
   else:
-    from flax import nnx
-    check_finite(nnx.to_pure_dict(nnx.state(model)), hf_model)
+    check_finite(model, hf_model)
   log.info("load: %s in %.1f s (%d layers, hidden %d, %d heads / %d KV heads, vocab %d%s)",
            hf_model, time.time() - t0, cfg.num_layers, cfg.hidden_size, cfg.num_heads,
            cfg.num_kv_heads, cfg.vocab_size,

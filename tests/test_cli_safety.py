@@ -171,7 +171,8 @@ def test_stale_siblings_of_other_names_are_left_alone(tmp_path):
 def test_convert_refuses_a_nan_tensor(tmp_path):
   make_hf(tmp_path / "hf", nan_tensor="model.layers.1.self_attn.k_proj.weight")
   r = run_cli("launch.convert", f"--hf_model={tmp_path / 'hf'}", f"--out={tmp_path / 'c'}")
-  one_line_error(r, "convert", "layers.k layer 1", "non-finite", "--allow_nonfinite")
+  one_line_error(r, "convert", "model.layers.1.self_attn.k_proj.weight", "non-finite",
+                 "--allow_nonfinite")
   assert not (tmp_path / "c").exists()
   r = run_cli("launch.convert", f"--hf_model={tmp_path / 'hf'}", f"--out={tmp_path / 'c'}",
               "--allow_nonfinite")
