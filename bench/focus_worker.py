@@ -43,15 +43,15 @@ def load(spec):
   from transformers import AutoTokenizer
   from focus_jax import assets
   from focus_jax.checkpoint.hf import load_hf
-  from focus_jax.model import add_candidate_params
+  from focus_jax.model import add_candidates, device_put
   path = spec.get("checkpoint") or str(assets.smollm2_hf_dir())
-  cfg, params, _ = load_hf(path)
-  cfg = cfg.replace(compute_dtype=spec.get("dtype", "float32"))
-  params = jax.tree.map(jnp.asarray, params)
-  trained = "candidate" in params
+  model, _ = load_hf(path)
+  model.set_config(model.config.replace(compute_dtype=spec.get("dtype", "float32")))
+  model = device_put(model)
+  trained = model.has_candidates
   if not trained:
-    params = add_candidate_params(params)
-  return cfg, params, AutoTokenizer.from_pretrained(path), trained
+    add_candidates(model)
+  return model, AutoTokenizer.from_pretrained(path), trained
 
 
 def text_ids(tok, length: int) -> np.ndarray:
@@ -79,11 +79,11 @@ def _focus_cfg(spec):
                      min_focus_len=spec.get("T", 4096))
 
 
-def _run_focus(cfg, params, ids, spec, steps, decode="exact"):
-  from focus_jax.focus.generate import generate_focus
+def _run_focus(model, ids, spec, steps, decode="exact"):
+  from focus_jax.focus.inference import generate_focus
   tm = {}
   t0, c0 = time.perf_counter(), time.process_time()
-  gen = generate_focus(params, cfg, ids, steps, focus=_focus_cfg(spec), decode=decode,
+  gen = generate_focus(model, ids, steps, focus=_focus_cfg(spec), decode=decode,
                        chunk_batch=spec["chunk_batch"], stop_at_eos=False, timings=tm)
   total, cpu = time.perf_counter() - t0, time.process_time() - c0
   comp = compile_s(t0)
@@ -105,12 +105,13 @@ def work(spec: dict) -> dict:
   from focus_jax.focus.plan import make_plan
   peak0 = matmul_peak()
   load0 = os.getloadavg()[0]
-  cfg, params, tok, trained = load(spec)
+  model, tok, trained = load(spec)
+  cfg = model.config
   task, length = spec["task"], spec.get("length")
   res = dict(task=task, length=length, trained_candidates=trained)
   if task == "focus":
     ids = text_ids(tok, length)
-    _, r = _run_focus(cfg, params, ids, spec, spec["new_tokens"] + 1)
+    _, r = _run_focus(model, ids, spec, spec["new_tokens"] + 1)
     plan = make_plan(ids, cfg, _focus_cfg(spec), spec["chunk_batch"])
     flops = chunk_flops(cfg, plan)
     r["chunk_gflop"] = flops / 1e9
@@ -120,19 +121,19 @@ def work(spec: dict) -> dict:
     r["chunk_gflop_per_cpu_s"] = flops / r["chunks_cpu_s"] / 1e9
     res.update(r)
   elif task == "plain":
-    from focus_jax.generate import generate_plain
+    from focus_jax.decoding import generate_plain
     ids = text_ids(tok, length)
     if ids[0] != cfg.bos_token_id:
       ids = np.concatenate([[cfg.bos_token_id], ids[:-1]]).astype(np.int32)
     t0, c0 = time.perf_counter(), time.process_time()
-    generate_plain(params, cfg, ids, spec["new_tokens"] + 1, stop_at_eos=False)
+    generate_plain(model, ids, spec["new_tokens"] + 1, stop_at_eos=False)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     res.update(total_s=total, cpu_s=cpu, compile_s=compile_s(t0), warm_s=total - compile_s(t0))
   elif task == "first":
     from focus_jax.eval.passkey import make_passkey_prompt
     ids, _ = make_passkey_prompt(tok, length, depth=0.5, seed=0)
-    _, cold = _run_focus(cfg, params, ids, spec, spec["new_tokens"] + 1, spec["decode"])
-    _, warm = _run_focus(cfg, params, ids, spec, spec["new_tokens"] + 1, spec["decode"])
+    _, cold = _run_focus(model, ids, spec, spec["new_tokens"] + 1, spec["decode"])
+    _, warm = _run_focus(model, ids, spec, spec["new_tokens"] + 1, spec["decode"])
     res.update(decode=spec["decode"], prompt_len=int(ids.size), n_chunks=cold["n_chunks"],
                first_call_s=cold["prefill_s"], first_call_cpu_s=cold["prefill_cpu_s"],
                first_call_compile_s=cold["compile_s"], warm_prefill_s=warm["prefill_s"],
@@ -144,8 +145,8 @@ def work(spec: dict) -> dict:
     for seed in range(spec["seeds"]):
       ids, answer = make_passkey_prompt(tok, length, seed=seed)
       n = answer_token_count(tok, answer)
-      ex, _ = _run_focus(cfg, params, ids, spec, n, "exact")
-      fa, _ = _run_focus(cfg, params, ids, spec, n, "fast")
+      ex, _ = _run_focus(model, ids, spec, n, "exact")
+      fa, _ = _run_focus(model, ids, spec, n, "fast")
       rows.append(dict(same=bool((ex.tokens == fa.tokens).all()),
                        same_tokens=float((ex.tokens == fa.tokens).mean()),
                        exact_ok=is_correct(tok, ex.tokens, answer),

@@ -46,15 +46,26 @@ def _timed(fn, repeats):
   return out, best
 
 
-def _jax_forward(params, cfg):
+def _load_model():
+  """(graphdef, state on the device) of the embedded SmolLM2."""
+  from flax import nnx
+  from focus_jax import assets
+  from focus_jax.checkpoint.hf import load_hf
+  from focus_jax.model import device_put
+  model, _ = load_hf(assets.smollm2_hf_dir())
+  return nnx.split(device_put(model))
+
+
+def _jax_forward(graphdef):
+  """f(state, ids) -> last-position logits, jitted."""
   import jax
   import jax.numpy as jnp
-  from focus_jax.model import forward
+  from flax import nnx
 
   @jax.jit
-  def f(params, ids):
+  def f(state, ids):
     pos = jnp.arange(ids.shape[1])[None]
-    return forward(params, cfg, ids, pos, logits="last")["logits"]
+    return nnx.merge(graphdef, state)(ids, pos, logits="last").logits
   return f
 
 
@@ -62,23 +73,14 @@ def rss_child(n):
   """Runs one n-token forward and prints peak RSS (MiB) and wall time."""
   import jax.numpy as jnp
   import numpy as np
-  from focus_jax import assets
-  from focus_jax.checkpoint.hf import load_hf
-  cfg, params, _ = load_hf(assets.smollm2_hf_dir())
-  params = jax_tree_asarray(params)
+  graphdef, params = _load_model()
   ids = np.asarray(_tokens(n), np.int32)[None]
-  f = _jax_forward(params, cfg)
+  f = _jax_forward(graphdef)
   t0 = time.time()
   f(params, jnp.asarray(ids)).block_until_ready()
   dt = time.time() - t0
   print(json.dumps({"n": n, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "seconds": dt}))
-
-
-def jax_tree_asarray(params):
-  import jax
-  import jax.numpy as jnp
-  return jax.tree.map(jnp.asarray, params)
 
 
 def main():
@@ -96,14 +98,12 @@ def main():
   import torch
   from transformers import AutoModelForCausalLM
   from focus_jax import assets
-  from focus_jax.checkpoint.hf import load_hf
 
   torch.set_num_threads(os.cpu_count() or 1)
   hf_dir = assets.smollm2_hf_dir()
-  cfg, params, _ = load_hf(hf_dir)
-  params = jax_tree_asarray(params)
+  graphdef, params = _load_model()
   model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-  f = _jax_forward(params, cfg)
+  f = _jax_forward(graphdef)
   lengths = [int(x) for x in args.lengths.split(",")]
   all_ids = _tokens(max(lengths))
   result = {"device": "cpu", "threads": os.cpu_count(), "lengths": {}}

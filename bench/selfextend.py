@@ -31,13 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load():
-  import jax
   from transformers import AutoTokenizer
   from focus_jax import assets
   from focus_jax.checkpoint.hf import load_hf
+  from focus_jax.model import device_put
   hf_dir = assets.smollm2_hf_dir()
-  cfg, params, _ = load_hf(hf_dir)
-  return cfg, jax.device_put(params), AutoTokenizer.from_pretrained(hf_dir)
+  model, _ = load_hf(hf_dir)
+  return device_put(model), AutoTokenizer.from_pretrained(hf_dir)
 
 
 def _rss_mib() -> float:
@@ -54,20 +54,24 @@ def child_speed(args):
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from flax import nnx
   from focus_jax import assets
-  from focus_jax.model import forward
+  from focus_jax.model import AttnOptions
   n = args.length
-  cfg, params, tok = _load()
+  model, tok = _load()
+  cfg = model.config
+  graphdef, params = nnx.split(model)
   ids = tok(assets.shakespeare_text(n_chars=n * 6))["input_ids"]
   if len(ids) < n:
     raise SystemExit(f"not enough text for {n} tokens")
   ids = jnp.asarray(np.asarray(ids[:n], np.int32)[None])
   se = _setting(cfg, n, args) if args.mode == "selfextend" else None
 
+  attn = AttnOptions(block_q=args.block_q, block_k=args.block_k, selfextend=se)
+
   def f(params, ids):
     pos = jnp.arange(ids.shape[1])[None]
-    return forward(params, cfg, ids, pos, selfextend=se, logits="last",
-                   block_q=args.block_q, block_k=args.block_k)["logits"]
+    return nnx.merge(graphdef, params)(ids, pos, attn=attn, logits="last").logits
   t0 = time.time()
   compiled = jax.jit(f).lower(params, ids).compile()
   compile_s = time.time() - t0
@@ -84,20 +88,21 @@ def child_speed(args):
 
 def child_passkey(args):
   from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
-  from focus_jax.generate import generate_plain
+  from focus_jax.decoding import generate_plain
   from focus_jax.selfextend import generate_selfextend
   n = args.length
-  cfg, params, tok = _load()
+  model, tok = _load()
+  cfg = model.config
   for seed in range(args.seed0, args.seed0 + args.seeds):
     ids, answer = make_passkey_prompt(tok, n, seed=seed)
     steps = answer_token_count(tok, answer)
     t0 = time.time()
     if args.mode == "selfextend":
-      gen = generate_selfextend(params, cfg, ids, steps, group_size=args.group_size,
+      gen = generate_selfextend(model, ids, steps, group_size=args.group_size,
                                 neighbor_window=args.neighbor_window, stop_at_eos=False)
       se = _setting(cfg, ids.size + steps, args)
     else:
-      gen = generate_plain(params, cfg, ids, steps, stop_at_eos=False)
+      gen = generate_plain(model, ids, steps, stop_at_eos=False)
       se = None
     print(json.dumps({"what": "passkey", "mode": args.mode, "length": n, "tokens": int(ids.size),
                       "seed": seed, "selfextend": se, "answer": answer,

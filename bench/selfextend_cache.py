@@ -11,7 +11,7 @@ one more key tensor in memory.
 For SmolLM2-135M shapes (30 layers, 3 KV heads, head_dim 64, 9 query heads)
 this times one decode step's attention over a full cache of S keys, scanned over
 the layers like the model does, in both layouts, plus the real
-`focus_jax.generate.decode_step` (whole model, pre-RoPE cache, SelfExtend and plain)
+`focus_jax.decoding.decode_step` (whole model, pre-RoPE cache, SelfExtend and plain)
 for context. Times are CPU seconds of the process (the machine is shared; wall
 times are in the JSON too).
 Weights are random: the timing does not depend on them. The last line is JSON.
@@ -31,7 +31,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from focus_jax.config import ModelConfig, RopeConfig  # noqa: E402
-from focus_jax.model import apply_rope, init_cache, init_params, inv_frequencies  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from focus_jax.model import (AttnOptions, LlamaForCausalLM, apply_rope, init_cache,  # noqa: E402
+                             inv_frequencies)
 
 SMOLLM2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
                       num_heads=9, num_kv_heads=3, head_dim=64, max_position_embeddings=8192,
@@ -99,14 +102,16 @@ def _time(f, *args, repeats):
   return cpu, wall
 
 
-def _decode_step_time(params, cache, size, selfextend, repeats):
-  """The real focus_jax.generate.decode_step over a full cache (slot size-1 rewritten)."""
-  from focus_jax.generate import decode_step
+def _decode_step_time(model, cache, size, selfextend, repeats):
+  """The real focus_jax.decoding.decode_step over a full cache (slot size-1 rewritten)."""
+  from focus_jax.decoding import decode_step
+  graphdef, state = model
   tok, pos = jnp.asarray([5], jnp.int32), jnp.asarray([size - 1])
   cpu = wall = float("inf")
   for i in range(repeats + 1):
     c0, w0 = time.process_time(), time.perf_counter()
-    logits, cache = decode_step(params, SMOLLM2, cache, tok, pos, selfextend=selfextend)
+    logits, cache = decode_step(graphdef, state, cache, tok, pos,
+                                attn=AttnOptions(selfextend=selfextend))
     logits.block_until_ready()
     if i:  # the first call compiles
       cpu, wall = min(cpu, time.process_time() - c0), min(wall, time.perf_counter() - w0)
@@ -130,13 +135,13 @@ def measure(size: int, repeats: int) -> dict:
   kg = jax.jit(lambda k: apply_rope(k, jnp.broadcast_to(k_pos // G, k.shape[:3]), inv))(k)
   rot = _time(step_rotated, qs, kn, kg, v, k_pos, valid, pos, repeats=repeats)
   del kn, kg
-  params = init_params(cfg, jax.random.PRNGKey(0), std=0.02)
+  model = nnx.split(LlamaForCausalLM(cfg, nnx.Rngs(0), std=0.02))
   cache = init_cache(cfg, 1, size)._replace(
       k=k, v=v, pos=jnp.array(k_pos, jnp.int32, copy=True),
       order=jnp.array(k_pos, jnp.int32, copy=True), valid=valid.at[:, -1].set(False),
       index=jnp.asarray(size - 1, jnp.int32))
-  se_step, cache = _decode_step_time(params, cache, size, (G, W), repeats)
-  plain_step, cache = _decode_step_time(params, cache, size, None, repeats)
+  se_step, cache = _decode_step_time(model, cache, size, (G, W), repeats)
+  plain_step, cache = _decode_step_time(model, cache, size, None, repeats)
   key_mib = n * size * kvh * hd * 4 / 2**20
   return {"cache_tokens": size,
           "attn_pre_rope_cpu_s": pre[0], "attn_pre_rope_wall_s": pre[1],

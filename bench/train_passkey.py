@@ -37,15 +37,16 @@ def main():
   ap.add_argument("--models", default="plain,initial,trained", help="which of the three to run")
   args = ap.parse_args()
 
+  from flax import nnx
   from transformers import AutoTokenizer
   from focus_jax.checkpoint.orbax import load_checkpoint
   from focus_jax.config import FocusConfig
+  from focus_jax.decoding import generate_plain
   from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
-  from focus_jax.focus.generate import generate_focus
-  from focus_jax.generate import generate_plain
-  from focus_jax.model import add_candidate_params
+  from focus_jax.focus.inference import generate_focus
+  from focus_jax.model import add_candidates, remove_candidates
 
-  cfg, base, extras = load_checkpoint(args.base)
+  base, extras = load_checkpoint(args.base)
   tok = AutoTokenizer.from_pretrained(extras["tokenizer_dir"])
   models = args.models.split(",")
   if unknown := set(models) - {"plain", "initial", "trained"}:
@@ -54,18 +55,16 @@ def main():
   if "trained" in models:
     if not args.trained:
       raise SystemExit("--trained is needed when --models has 'trained'")
-    _, trained, _ = load_checkpoint(args.trained)
-    if "candidate" not in trained:
+    trained, _ = load_checkpoint(args.trained)
+    if not trained.has_candidates:
       raise SystemExit(f"{args.trained} has no candidate projections")
-  initial = add_candidate_params({k: v for k, v in base.items() if k != "candidate"})
+  initial = add_candidates(remove_candidates(nnx.clone(base)))
   focus = FocusConfig(chunk_size=args.chunk_size, local_window=args.local_window,
                       fragment_len=args.fragment_len, min_focus_len=0)
   runs = {
-      "plain": lambda ids, n: generate_plain(base, cfg, ids, n, stop_at_eos=False),
-      "initial": lambda ids, n: generate_focus(initial, cfg, ids, n, focus=focus,
-                                               stop_at_eos=False),
-      "trained": lambda ids, n: generate_focus(trained, cfg, ids, n, focus=focus,
-                                               stop_at_eos=False)}
+      "plain": lambda ids, n: generate_plain(base, ids, n, stop_at_eos=False),
+      "initial": lambda ids, n: generate_focus(initial, ids, n, focus=focus, stop_at_eos=False),
+      "trained": lambda ids, n: generate_focus(trained, ids, n, focus=focus, stop_at_eos=False)}
   runs = {k: v for k, v in runs.items() if k in models}
   correct = {name: {} for name in runs}
   for length in [int(x) for x in args.lengths.split(",")]:

@@ -52,9 +52,10 @@ def _timed(fn, repeats):
 def main(argv):
   del argv
   import jax
+  from flax import nnx
   from focus_jax import parallel
   from focus_jax.data import step_iterator
-  from focus_jax.focus.losses import join_params, split_params, task_losses
+  from focus_jax.focus.losses import split_model, task_losses
   from focus_jax.train import setup
   from focus_jax.train.optim import make_optimizer, make_schedule
   from focus_jax.train.step import init_state, make_train_step, place_batch
@@ -72,7 +73,7 @@ def main(argv):
   padded = int(local["chunk_valid"].size + local["local_valid"].size)
   schedule = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay)
   tx = make_optimizer(schedule, clip_norm=config.clip_norm)
-  cand, frozen = split_params(model.params)
+  graphdef, cand, frozen = split_model(model.module)
   frozen = parallel.replicate(frozen, mesh)
   tasks = bspec.samples_per_step * spec.tasks_per_sample
   out = {"config": config_flags.get_config_filename(FLAGS["config"]),
@@ -81,8 +82,9 @@ def main(argv):
          "devices": jax.device_count(), "dtype": cfg.compute_dtype}
 
   for name, sg in (("step", True), ("full", False)):
-    fn = make_train_step(cfg, mesh, tx, schedule, tasks_per_step=tasks, stop_gradient_prefix=sg)
-    state = [parallel.replicate(init_state(cand, tx, 0), mesh)]
+    fn = make_train_step(graphdef, mesh, tx, schedule, tasks_per_step=tasks,
+                         stop_gradient_prefix=sg)
+    state = [parallel.replicate(init_state(cand, tx), mesh)]
 
     def run():
       state[0], m = fn(state[0], frozen, batch)
@@ -97,7 +99,7 @@ def main(argv):
 
   @jax.jit
   def forward(c, fz, b):
-    return task_losses(join_params(c, fz), cfg, b)[0].mean()
+    return task_losses(nnx.merge(graphdef, c, fz), b)[0].mean()
   reps = config.accum
   first, wall, cpu = _timed(lambda: [forward(cand, frozen, mb) for _ in range(reps)][-1],
                             FLAGS.repeats)
