@@ -130,13 +130,15 @@ def test_eight_device_data_chunk_mesh_equals_one_device(mesh_runs, one, eight):
       np.testing.assert_allclose(b[k], a[k], rtol=1e-5, err_msg=k)
 
 
-def test_two_processes_agree_with_each_other_and_one_device(tmp_path, env, mesh_runs):
-  """jax.distributed on 127.0.0.1, one CPU device per process, data:2 over processes."""
+@pytest.mark.parametrize("mesh", ["data:2", "fsdp:2"])
+def test_two_processes_agree_with_each_other_and_one_device(tmp_path, env, mesh_runs, mesh):
+  """jax.distributed on 127.0.0.1, one CPU device per process; data:2 (samples) or fsdp:2
+  (parameters, gradients and AdamW state split too) spans both processes."""
   import portpicker
   port = portpicker.pick_unused_port()
   wd = str(tmp_path / "run")
   procs = [subprocess.Popen(
-      _train(wd, *SMALL, "--config.mesh=data:2", "--config.chunk_sizes=(16,32)",
+      _train(wd, *SMALL, f"--config.mesh={mesh}", "--config.chunk_sizes=(16,32)",
              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
