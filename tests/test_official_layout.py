@@ -104,7 +104,9 @@ def test_official_export_is_byte_identical_and_loads_in_transformers(folders):
   r = run_cli("launch.export_hf", f"--checkpoint={folders['ckpt']}", f"--out={out}",
               "--layout=official")
   assert r.returncode == 0, r.stderr
-  assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+  # the export marker lets a later --overwrite recognise the folder as this tool's
+  assert sorted(p.name for p in out.iterdir()) == [".focus_jax_export", "config.json",
+                                                   "model.safetensors"]
   got, want = load_file(str(out / "model.safetensors")), folders["tensors"]
   assert set(got) == set(want)
   for name, t in want.items():

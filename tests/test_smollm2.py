@@ -63,7 +63,7 @@ def test_answers_paris_and_stops_at_eos_like_hf(smollm2):
   with torch.no_grad():
     ref = model.generate(torch.tensor([prompt]), max_new_tokens=48, do_sample=False,
                          pad_token_id=tok.eos_token_id)[0, len(prompt):]
-  ours = generate_plain(ours, prompt, 48)
-  assert ours.tokens.tolist() == ref.tolist()
-  assert ours.tokens[-1] in cfg.eos_token_ids or len(ours.tokens) == 48
-  assert tok.decode(ours.tokens).lstrip().startswith("Paris")
+  gen = generate_plain(ours, prompt, 48)
+  assert gen.tokens.tolist() == ref.tolist()
+  assert gen.tokens[-1] in ours.config.eos_token_ids or len(gen.tokens) == 48
+  assert tok.decode(gen.tokens).lstrip().startswith("Paris")

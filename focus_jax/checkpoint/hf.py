@@ -157,7 +157,7 @@ def _warn_unused(names, model, prefix: str = layout.CANDIDATE) -> None:
   used = {n for n, *_ in layout.iter_hf_tensors(model)} | {
       n for n, *_ in layout.iter_hf_tensors(model, candidates=True, candidate_prefix=prefix)}
   if official_layout.BEACON_EMBED in names:
-    log.info("ignored %s (an Activation Beacon leftover that FocusLLM does not read)",
+    log.warning("ignored %s (an Activation Beacon leftover that FocusLLM does not read)",
              official_layout.BEACON_EMBED)
     used.add(official_layout.BEACON_EMBED)
   unused = sorted(set(names) - used - {"lm_head.weight"} - {n for n in names if "rotary_emb" in n})

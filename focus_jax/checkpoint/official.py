@@ -101,14 +101,14 @@ def focus_config(hf_cfg: dict, projs, src) -> FocusConfig:
     if not stride:
       raise CheckpointError(f"{src}: memory_stride in config.json is an empty list")
     if len(stride) > 1:
-      log.info("memory_stride %s in config.json holds several chunk sizes (the official "
+      log.warning("memory_stride %s in config.json holds several chunk sizes (the official "
                "trainer samples them); using the first, %s", list(stride), stride[0])
     stride = stride[0]
   if stride is not None:
     kw["chunk_size"] = stride
   missing = [k for k in ("local_window", "memory_stride") if k not in hf_cfg]
   if missing:
-    log.info("config.json lacks %s: focus_jax defaults used", missing)
+    log.warning("config.json lacks %s: focus_jax defaults used", missing)
   for k in ("local_window", "chunk_size"):
     if k in kw and (isinstance(kw[k], bool) or not isinstance(kw[k], int)):
       raise CheckpointError(f"{src}: {'memory_stride' if k == 'chunk_size' else k} in "
