@@ -6,7 +6,7 @@ tokens of RedPajama-sample + LongAlpaca. Both losses are computed on every
 sample here (`loss_mix="random"` is the official one-loss-per-sample draw).
 
   python -m launch.convert --hf_model=PATH/Llama-2-7b-chat-hf --out=checkpoints/llama2_7b_chat
-  python -m launch.plan --config=configs/llama2_7b_paper.py --mesh=fsdp:16 --devices=16
+  python -m launch.plan --config=configs/llama2_7b_paper.py --mesh=fsdp:8,chunk:2 --devices=16
   python -m launch.train --config=configs/llama2_7b_paper.py --workdir=runs/focus_7b \
       --config.mesh=data:2,fsdp:8 --config.data=DATA/redpajama_sample.jsonl,DATA/longalpaca.jsonl
 

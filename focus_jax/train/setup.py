@@ -125,9 +125,11 @@ def sample_spec(config, cfg: ModelConfig, chunk_devices: int) -> SampleSpec:
 
 
 def batch_spec(config, data_devices: int) -> BatchSpec:
+  """data_devices: the sample shards, the product of the mesh's data and fsdp axes."""
   if config.batch_size % data_devices:
-    raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of the mesh's data "
-                     f"axis ({data_devices})")
+    raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of the mesh's sample "
+                     f"shards (data x fsdp = {data_devices}); split the rest over chunk, e.g. "
+                     f"--mesh=fsdp:8,chunk:2")
   bs = BatchSpec(global_batch=config.batch_size, accum=config.accum,
                  process_index=jax.process_index(), process_count=jax.process_count())
   return bs
