@@ -24,6 +24,8 @@ def get_config():
   c.dtype = "bfloat16"                     # compute; candidates and AdamW state stay float32
   c.base_dtype = "bfloat16"                # the frozen base (27 GB in float32) stored in bf16
   c.remat = "full"                         # per layer; chosen by launch.plan (docs/RESULTS.md)
+  c.fused_chunks = True                    # chunk prefix + candidate in one layer scan, and
+  c.fused_groups = 8                       # 8 checkpointed groups of 4 layers (docs/RESULTS.md)
   # LLaMA-2-7B's architecture, for launch.plan before the checkpoint exists
   c.model_shape = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                        num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,

@@ -49,6 +49,8 @@ def get_config():
   c.base_dtype = ""                # "bfloat16": store the frozen base in bf16 ("": as loaded)
   c.model_shape = None             # architecture for launch.plan when model is not a checkpoint
   c.remat = "none"                 # layer rematerialisation: none | full | dots | dots_no_batch
+  c.fused_chunks = False           # chunk prefix + candidate in one layer scan (less memory)
+  c.fused_groups = 0               # its checkpointed layer groups; 0: keep each layer's prefix K/V
   # Checkpoints, logs, output.
   c.checkpoint_every = 10
   c.keep_checkpoints = 2

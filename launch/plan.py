@@ -91,13 +91,12 @@ def plan_train(config, mesh):
                                    sharding=jax.sharding.NamedSharding(mesh, bspecs[k]))
            for k, v in abstract.items()}
   step = make_train_step(graphdef, mesh, tx, sched, tasks_per_step=config.accum * b * t,
-                         stop_gradient_prefix=config.stop_gradient_prefix,
                          param_specs=placement.param_specs,
-                         remat=config.get("remat") or "none",
-                         state_shardings=placement.state_shardings)
+                         state_shardings=placement.state_shardings,
+                         **setup.step_options(config))
   desc = (f"train step: {cfg.num_layers} layers, hidden {cfg.hidden_size}, batch {b} x {t} "
           f"tasks, S={s} ({rows} rows of {row_len}), local {spec.local_len}, "
-          f"remat={config.get('remat') or 'none'}, base {config.get('base_dtype') or 'as loaded'}")
+          f"remat={config.get('remat') or 'none'}, {_fusion(config)}, base {config.get('base_dtype') or 'as loaded'}")
   return [(desc, step.lower(state, frozen, batch).compile())]
 
 
@@ -145,6 +144,12 @@ def plan_focus_prefill(config, mesh):
   return [(f"chunk encoding: {n_rows} rows of {row_len} (S={fc.chunk_size}), kept caches "
            f"{cache_size} slots, {FLAGS.chunk_batch * shards} rows per call", enc),
           (f"local step: {local_len} tokens over {n_rows} memory entries", local)]
+
+
+def _fusion(config) -> str:
+  if not config.get("fused_chunks", False):
+    return "chunks unfused"
+  return f"chunks fused (groups={config.get('fused_groups', 0)})"
 
 
 def _chunk_size(config) -> int:

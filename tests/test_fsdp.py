@@ -1,8 +1,8 @@
 """FSDP training on 8 forced host devices (one subprocess): fsdp, data x fsdp and
-data x fsdp x chunk meshes train to the same losses and candidate values as one
-device; each device holds 1/fsdp of the parameters (measured from the arrays'
-shards); a checkpoint saved on fsdp:8 resumes on data:2,fsdp:4 and on one device
-and continues the uninterrupted run."""
+data x fsdp x chunk meshes (the last also with the fused chunk scan) train to the
+same losses and candidate values as one device; each device holds 1/fsdp of the
+parameters (measured from the arrays' shards); a checkpoint saved on fsdp:8
+resumes on data:2,fsdp:4 and on one device and continues the uninterrupted run."""
 import json
 import os
 import shutil
@@ -15,11 +15,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = {"single": "", "fsdp8": "fsdp:8", "data2_fsdp4": "data:2,fsdp:4",
           "data2_fsdp2_chunk2": "data:2,fsdp:2,chunk:2"}
+FUSED = {"data2_fsdp2_chunk2_fused": "data:2,fsdp:2,chunk:2"}   # config.fused_chunks
 
 
-def _config(mesh, steps):
+def _config(mesh, steps, fused=False):
   from configs import tiny
   c = tiny.get_config()
+  c.fused_chunks, c.fused_groups = fused, 1 if fused else 0
   c.steps, c.batch_size, c.accum, c.checkpoint_every = steps, 8, 1, 3
   c.tensorboard = False
   c.export_model = True
@@ -72,6 +74,10 @@ def main(workdir):
     wd = os.path.join(workdir, name)
     train(_config(mesh, 4), wd)
     out[name] = {"metrics": read_metrics(wd), "cand": _candidates(wd)}
+  for name, mesh in FUSED.items():
+    wd = os.path.join(workdir, name)
+    train(_config(mesh, 4, fused=True), wd)
+    out[name] = {"metrics": read_metrics(wd), "cand": _candidates(wd)}
   # resume the fsdp:8 run's step-3 checkpoint on other meshes, to step 4
   for name, mesh in (("resume_data2_fsdp4", "data:2,fsdp:4"), ("resume_single", "")):
     wd = os.path.join(workdir, name)
@@ -94,7 +100,7 @@ def runs(tmp_path_factory):
   return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
 
 
-@pytest.mark.parametrize("name", [n for n in MESHES if n != "single"])
+@pytest.mark.parametrize("name", [n for n in {**MESHES, **FUSED} if n != "single"])
 def test_fsdp_meshes_train_like_one_device(runs, name):
   one, got = runs["single"], runs[name]
   assert len(got["metrics"]) == len(one["metrics"]) == 4

@@ -20,7 +20,10 @@ Training: no token before the candidate uses the candidate projections, so
 `chunk_prefix` can run under `jax.lax.stop_gradient` (or outside the
 differentiated function) and the gradient with respect to the candidate
 parameters stays exact; only `chunk_step` (one token per row) and
-`local_forward` need to be differentiated.
+`local_forward` need to be differentiated. `fused_candidates` computes the same
+candidates' K/V as chunk_prefix + chunk_step in ONE layer scan (each layer:
+the prefix without gradient, then the candidate over that layer's prefix K/V),
+so only one layer's prefix K/V is alive at a time.
 
 `model` is a LlamaForCausalLM (with candidate projections for chunk_step);
 `attn` (AttnOptions) says how attention runs.
@@ -30,7 +33,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from focus_jax.model.llama import AttnOptions, KVCache, Prefix
+from jax.ad_checkpoint import checkpoint_name
+
+from focus_jax.model.llama import AttnOptions, KVCache, Prefix, make_context
+
+PREFIX_KV = "fused_prefix_kv"   # the values fused_candidates' backward pass keeps
 
 
 def row_positions(valid, start=0):
@@ -117,6 +124,49 @@ def chunk_step(model, cache: KVCache, tokens, valid, attn: AttnOptions = AttnOpt
   if t > 1:
     cache = append(cache, k[:, :, :-1], v[:, :, :-1], pos[:, :-1], valid[:, :-1])
   return k[:, :, -1], v[:, :, -1], cache
+
+
+def fused_candidates(model, tokens, valid, *, groups: int = 0,
+                     attn: AttnOptions = AttnOptions()):
+  """The candidates' pre-RoPE K/V of rows [n, C] (last token), prefix in the same layer scan.
+
+  Equals chunk_prefix (under stop_gradient) + chunk_step of the candidate
+  alone, layer by layer: each scan step runs the layer on the C - 1 prefix
+  tokens (ordinary projections, no gradient), then on the candidate
+  attending to that layer's prefix K/V. Each step is rematerialised except
+  for that K/V (the only large value its backward pass needs; the gathered
+  weights and the candidate's activations are recomputed). Without `groups`
+  the backward pass keeps every layer's prefix K/V; with `groups` = G it
+  keeps the rows' hidden state at G group boundaries and recomputes one
+  group's prefix at a time (LlamaModel.scan_layers): G hidden states + L/G
+  layers' K/V instead of L layers' K/V, for one more prefix forward.
+  Returns (k, v), each [L, n, KV, hd].
+  """
+  n, c = tokens.shape
+  if valid.shape != (n, c) or c < 2:
+    raise ValueError(f"tokens [n, C >= 2] and valid must match, got {tokens.shape}, {valid.shape}")
+  cfg = model.config
+  toks, val = tokens[:, :-1], valid[:, :-1]
+  pos = row_positions(val)
+  ctx_prefix = make_context(cfg, pos, valid=val, attn=attn)
+  cand_pos = row_positions(valid[:, -1:], jnp.sum(val, axis=1, dtype=jnp.int32))
+  ctx_cand = make_context(cfg, cand_pos, valid=valid[:, -1:],
+                          candidate_index=jnp.zeros((n,), jnp.int32),
+                          prefix=Prefix(None, None, pos, pos, val), attn=attn)
+  embed = lambda t: model.model.embed_tokens(t).astype(cfg.dtype)
+
+  def step(layer, carry, _):
+    xp, xc = carry
+    xp, _, kv = layer(xp, ctx_prefix)
+    xp, kv = jax.lax.stop_gradient((xp, kv))
+    kv = checkpoint_name(kv, PREFIX_KV)
+    xc, _, (kc, vc) = layer(xc, ctx_cand, kv)
+    return (xp, xc), (kc[:, -1], vc[:, -1])
+
+  init = (jax.lax.stop_gradient(embed(toks)), embed(tokens[:, -1:]))
+  keep_kv = jax.checkpoint_policies.save_only_these_names(PREFIX_KV)
+  _, (k, v) = model.model.scan_layers(step, init, remat=keep_kv, groups=groups)
+  return k, v
 
 
 def memory_prefix(mem_k, mem_v, mem_valid, mem_pos=None):

@@ -13,6 +13,9 @@ parts: every token but the candidate without gradient (its K/V become a
 prefix), then the candidate alone with gradient. The gradient is exactly the
 one of full back-propagation (`stop_gradient_prefix=False`), at a fraction of
 the cost: the backward pass covers only the candidates and the local input.
+With `fused` both parts run in one layer scan (core.fused_candidates), so the
+rows' prefix K/V is never whole in memory; `fused_groups` picks what its
+backward pass keeps (see there).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import jax.numpy as jnp
 
 from flax import nnx
 
-from focus_jax.focus.core import chunk_prefix, chunk_step, memory_prefix, row_positions
+from focus_jax.focus.core import (chunk_prefix, chunk_step, fused_candidates, memory_prefix,
+                                  row_positions)
 from focus_jax.model import CandidateParam
 
 
@@ -39,13 +43,15 @@ def split_model(model):
   return nnx.split(model, CandidateParam, ...)
 
 
-def candidate_memory(model, tokens, valid, *, stop_gradient_prefix: bool = True):
+def candidate_memory(model, tokens, valid, *, stop_gradient_prefix: bool = True,
+                     fused: bool = False, fused_groups: int = 0):
   """Per-layer pre-RoPE K/V of each row's candidate (its last token).
 
   tokens, valid: [R, C] LEFT-padded rows (focus.plan layout). Fully invalid
   rows give meaningless entries that must be masked.
   With stop_gradient_prefix: core.chunk_prefix (no gradient) + core.chunk_step
-  of the candidate alone; otherwise one forward over the whole rows.
+  of the candidate alone (fused: both in one layer scan, core.fused_candidates
+  with groups=fused_groups); otherwise one forward over the whole rows.
   Returns (k, v), each [L, R, KV, hd].
   """
   r, c = tokens.shape
@@ -54,6 +60,8 @@ def candidate_memory(model, tokens, valid, *, stop_gradient_prefix: bool = True)
                  candidate_index=jnp.full((r,), c - 1, jnp.int32), logits=None,
                  return_kv=True).kv
     return k[:, :, -1], v[:, :, -1]
+  if fused:
+    return fused_candidates(model, tokens, valid, groups=fused_groups)
   cache = jax.lax.stop_gradient(chunk_prefix(model, tokens, valid, c - 1))
   k, v, _ = chunk_step(model, cache, tokens[:, -1:], valid[:, -1:])
   return k, v
@@ -84,7 +92,8 @@ def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targe
 
 
 def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
-                route: Callable | None = None, bos_sees_memory: bool = True):
+                route: Callable | None = None, bos_sees_memory: bool = True,
+                fused: bool = False, fused_groups: int = 0):
   """Per-task losses of one micro-batch.
 
   batch: chunk_tokens [N,T,R,C], chunk_valid, local_tokens [N,T,Lq],
@@ -95,13 +104,14 @@ def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
   (n_memory, local_tokens, local_valid, targets, kind); under shard_map it
   collects the memory rows of the other chunk devices and may keep a share
   of the tasks.
-  bos_sees_memory: see local_losses.
+  bos_sees_memory: see local_losses; fused, fused_groups: see candidate_memory.
   Returns (ce [M] float32, kind [M]) for the M tasks kept (N*T without route).
   """
   n, t, r, c = batch["chunk_tokens"].shape
   mk, mv = candidate_memory(model, batch["chunk_tokens"].reshape(n * t * r, c),
                             batch["chunk_valid"].reshape(n * t * r, c),
-                            stop_gradient_prefix=stop_gradient_prefix)
+                            stop_gradient_prefix=stop_gradient_prefix, fused=fused,
+                            fused_groups=fused_groups)
   mk = mk.reshape(mk.shape[0], n * t, r, *mk.shape[2:])
   mv = mv.reshape(mv.shape[0], n * t, r, *mv.shape[2:])
   local = {k: batch[k].reshape((n * t,) + batch[k].shape[2:])

@@ -300,28 +300,62 @@ class LlamaModel(nnx.Module):
     graphdef, state = nnx.split(self.layers)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
 
+  def scan_layers(self, fn, carry, xs=None, *, remat: str | None = None, groups: int = 0):
+    """`jax.lax.scan` of fn(layer, carry, xs_l) -> (carry, ys_l) over the decoder layers.
+
+    Each step merges one layer (after `scan_options.gather`, e.g. FSDP's
+    all_gather) and calls fn; xs and ys have a leading layer axis.
+    remat: REMAT_POLICIES name or a checkpoint policy for each step (None:
+    scan_options.remat).
+    groups > 0: the layers run as `groups` equal groups, each under
+    `jax.checkpoint`, so the backward pass keeps only the carry at the group
+    boundaries and rematerialises one group at a time, keeping inside it what
+    each step's `remat` policy saves (sqrt-style nesting).
+    """
+    graphdef, state = nnx.split(self.layers)
+    opts = self.scan_options
+    remat = opts.remat if remat is None else remat
+    if isinstance(remat, str) and remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
+
+    def body(c, inp):
+      layer_state, x = inp
+      if opts.gather is not None:
+        layer_state = opts.gather(layer_state)
+      return fn(nnx.merge(graphdef, layer_state), c, x)
+
+    if remat != "none":
+      policy = REMAT_POLICIES[remat] if isinstance(remat, str) else remat
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    if not groups:
+      return jax.lax.scan(body, carry, (state, xs))
+    n = self.config.num_layers
+    if groups < 0 or n % groups:
+      raise ValueError(f"groups ({groups}) must divide the number of layers ({n})")
+    per = n // groups
+
+    def group(c, g):  # slices of the stacked layers (no regrouped copy of the weights)
+      part = lambda a: jax.lax.dynamic_slice_in_dim(a, g * per, per, 0)
+      return jax.lax.scan(body, c, jax.tree.map(part, (state, xs)))
+
+    group = jax.checkpoint(group, policy=jax.checkpoint_policies.nothing_saveable,
+                           prevent_cse=False)
+    carry, ys = jax.lax.scan(group, carry, jnp.arange(groups))
+    return carry, jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), ys)
+
   def __call__(self, tokens, ctx: LayerContext, prefix: Prefix | None = None,
                cache: KVCache | None = None, return_kv: bool = False):
     """Returns (hidden after the final norm, new cache (k, v) stacked or None, kv or None)."""
     x = self.embed_tokens(tokens).astype(self.config.dtype)
-    graphdef, state = nnx.split(self.layers)
-    opts = self.scan_options
-    if opts.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy {opts.remat!r}; known: {sorted(REMAT_POLICIES)}")
 
-    def body(x, xs):
-      layer_state, pre, cch = xs
-      if opts.gather is not None:
-        layer_state = opts.gather(layer_state)
-      x, new_cache, kv = nnx.merge(graphdef, layer_state)(x, ctx, pre, cch)
+    def step(layer, x, xs):
+      pre, cch = xs
+      x, new_cache, kv = layer(x, ctx, pre, cch)
       return x, (new_cache, kv if return_kv else None)
-
-    if opts.remat != "none":
-      body = jax.checkpoint(body, policy=REMAT_POLICIES[opts.remat], prevent_cse=False)
 
     pre = None if prefix is None else (prefix.k, prefix.v)
     cch = None if cache is None else (cache.k, cache.v)
-    x, (new_kv, kv) = jax.lax.scan(body, x, (state, pre, cch))
+    x, (new_kv, kv) = self.scan_layers(step, x, (pre, cch))
     return self.norm(x), new_kv, kv
 
 

@@ -160,11 +160,9 @@ def train(config, workdir: str, *, export_only: bool = False,
   writer.truncate(start or 0)
   step_fn = make_train_step(graphdef, mesh, tx, schedule,
                             tasks_per_step=bspec.samples_per_step * spec.tasks_per_sample,
-                            stop_gradient_prefix=config.stop_gradient_prefix,
                             param_specs=placement.param_specs,
-                            remat=config.get("remat") or "none",
                             state_shardings=placement.state_shardings,
-                            bos_sees_memory=config.get("bos_sees_memory", True))
+                            **setup.step_options(config))
   stop = StopRequest()
   step, last, saved_at = int(start or 0), {}, start
   try:

@@ -19,7 +19,8 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 # Fields that change how a run is executed or logged, not what it computes.
 HARMLESS = frozenset({"mesh", "checkpoint_every", "keep_checkpoints", "async_checkpoints",
-                      "resume", "tensorboard", "export_model", "eval_data", "focus"})
+                      "resume", "tensorboard", "export_model", "eval_data", "focus",
+                      "fused_chunks", "fused_groups"})
 
 
 class ConfigChanged(ValueError):

@@ -135,6 +135,16 @@ def batch_spec(config, data_devices: int) -> BatchSpec:
   return bs
 
 
+def step_options(config) -> dict:
+  """make_train_step's keyword options that come from the config (older configs may lack
+  the later fields: their defaults)."""
+  return dict(stop_gradient_prefix=config.stop_gradient_prefix,
+              remat=config.get("remat") or "none",
+              bos_sees_memory=config.get("bos_sees_memory", True),
+              fused_chunks=bool(config.get("fused_chunks", False)),
+              fused_groups=int(config.get("fused_groups", 0)))
+
+
 def focus_config(config) -> FocusConfig:
   """The FocusLLM inference settings stored with the trained model."""
   f = config.focus

@@ -126,7 +126,8 @@ def place_state(cand, frozen, tx: optax.GradientTransformation, mesh, *,
 def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, tasks_per_step: int,
                     stop_gradient_prefix: bool = True, param_specs=None,
-                    remat: str = "none", state_shardings=None, bos_sees_memory: bool = True):
+                    remat: str = "none", state_shardings=None, bos_sees_memory: bool = True,
+                    fused_chunks: bool = False, fused_groups: int = 0):
   """Returns step(state, frozen, batch) -> (state, metrics), jitted, state donated.
 
   graphdef: of the model with candidates (`split_model`); frozen: its frozen State.
@@ -136,6 +137,10 @@ def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
     inside the layer scan, so one layer at a time is whole on a device; the
     transposed gather returns each device its shard of the gradient.
   remat: rematerialise each layer in the backward pass (model.REMAT_POLICIES).
+  fused_chunks: run each row's prefix and candidate in one layer scan
+    (core.fused_candidates; with stop_gradient_prefix), so one layer's prefix
+    K/V is alive at a time; fused_groups: its checkpointed layer groups
+    (0: the backward pass keeps every layer's prefix K/V, no recomputation).
   state_shardings: the TrainState's shardings (explicit out_shardings; donated).
   tasks_per_step: the number of tasks in one optimiser step over all hosts
   (A * global batch * T); the loss is their mean.
@@ -184,7 +189,8 @@ def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
     def objective(c, mb):
       ce, kind = task_losses(gathered_model(c, frozen), mb,
                              stop_gradient_prefix=stop_gradient_prefix, route=route,
-                             bos_sees_memory=bos_sees_memory)
+                             bos_sees_memory=bos_sees_memory, fused=fused_chunks,
+                             fused_groups=fused_groups)
       return ce.sum() / (tasks_per_step * repeats), (ce, kind)
 
     def micro(carry, mb):
