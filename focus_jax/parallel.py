@@ -5,7 +5,9 @@ A mesh is described by a string of `name:size` pairs, e.g. "chunk:8" or
   data   independent samples (training batches),
   fsdp   parameters, gradients and optimiser state are split over it (FSDP);
          samples are split over data x fsdp,
-  tensor reserved for splitting heads and the MLP width (see LOGICAL_RULES),
+  tensor attention heads and the MLP width are split over it (Megatron style:
+         q/k/v/gate/up by output columns, o/down by input rows); inside
+         `shard` it is left to XLA's SPMD partitioner (AUTO_AXES),
   chunk  FocusLLM chunks: every chunk is encoded independently, so the chunk
          axis of the inputs and of the chunk KV caches is split over it.
 Model variables carry logical axis names (focus_jax.model); LOGICAL_RULES maps
@@ -16,7 +18,11 @@ code runs on "chunk:8", "data:2,chunk:4" or a single device.
 
 `shard` is the only place that calls `jax.shard_map` (its API moved between
 JAX releases; the pinned one is `jax.shard_map(f, mesh=, in_specs=,
-out_specs=, axis_names=, check_vma=)`).
+out_specs=, axis_names=, check_vma=)`). It is manual over every mesh axis
+but AUTO_AXES: specs may name "tensor" (they are the arrays' placements);
+shard_map sees them without it, and the body computes on arrays still split
+over "tensor", which the partitioner handles (collectives after o_proj and
+down_proj included).
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ AXES = ("data", "fsdp", "tensor", "chunk")
 LOGICAL_RULES = {"layers": None, "vocab": None, "embed": "fsdp", "heads": "tensor",
                  "kv_heads": "tensor", "mlp": "tensor", "norm": None}
 BATCH_AXES = ("data", "fsdp")   # mesh axes that split the samples of a batch
+AUTO_AXES = ("tensor",)         # left to the SPMD partitioner inside `shard`
+TENSOR_FIELDS = ("num_heads", "num_kv_heads", "intermediate_size")  # split over "tensor"
 
 
 def parse_mesh(text: str | None) -> tuple[tuple[str, int], ...]:
@@ -97,6 +105,17 @@ def spec(mesh: Mesh, *dims) -> P:
       return kept or None
     return d if d in mesh.axis_names else None
   return P(*(keep(d) for d in dims))
+
+
+def check_tensor(cfg, mesh: Mesh) -> None:
+  """Raises ValueError unless the tensor axis divides the heads and the MLP width."""
+  n = axis_size(mesh, "tensor")
+  for field in TENSOR_FIELDS:
+    value = getattr(cfg, field)
+    if value % n:
+      raise ValueError(f"the mesh's tensor axis ({n}) must divide the model config's {field} "
+                       f"({value}); use a tensor size that divides num_heads, num_kv_heads "
+                       f"and intermediate_size")
 
 
 def sharding(mesh: Mesh, *dims) -> NamedSharding:
@@ -241,15 +260,34 @@ def _check_specs(mesh: Mesh, specs, what: str):
           raise ValueError(f"shard {what}: axis {a!r} is not in the mesh {dict(mesh.shape)}")
 
 
+def manual_specs(specs):
+  """`specs` (a pytree of PartitionSpecs) without the AUTO_AXES."""
+  def drop(s):
+    def keep(d):
+      if isinstance(d, tuple):
+        kept = tuple(a for a in d if a not in AUTO_AXES)
+        return kept or None
+      return None if d in AUTO_AXES else d
+    return P(*(keep(d) for d in s))
+  return jax.tree.map(drop, specs, is_leaf=lambda x: isinstance(x, P))
+
+
 def shard(fn, mesh: Mesh, in_specs, out_specs, *, check_vma: bool = False):
   """`fn` mapped over shards of its arguments (the project's only shard_map).
 
   in_specs / out_specs are pytrees (prefixes) of PartitionSpecs; every axis
   they name must be in `mesh`. Inside `fn`, collectives use the mesh axis
-  names. check_vma is off by default: the decoder's scans carry values that
+  names. The map is manual over the mesh's axes except AUTO_AXES ("tensor"):
+  their names are dropped from the specs, and `fn` sees those dimensions
+  whole, partitioned by XLA (a mesh of AUTO_AXES only runs `fn` unmapped).
+  check_vma is off by default: the decoder's scans carry values that
   start replicated and become device-varying, which the checker rejects.
   """
   _check_specs(mesh, in_specs, "in_specs")
   _check_specs(mesh, out_specs, "out_specs")
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+  manual = frozenset(a for a in mesh.axis_names if a not in AUTO_AXES)
+  if not manual:
+    return fn
+  return jax.shard_map(fn, mesh=mesh, in_specs=manual_specs(in_specs),
+                       out_specs=manual_specs(out_specs), axis_names=manual,
                        check_vma=check_vma)

@@ -24,7 +24,8 @@ flags.DEFINE_integer("fragment_len", 512, "focus: fragment length cap (F = min(t
 flags.DEFINE_integer("min_focus_len", 4096, "focus: shorter prompts run the plain model.")
 flags.DEFINE_enum("focus_decode", "exact", ["exact", "fast"],
                   "focus: exact (official) or fast (memory frozen after prefill; approximate).")
-flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8', 'data:2,chunk:4' or 'fsdp:2,chunk:4'.")
+flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8', 'data:2,chunk:4', "
+                    "'fsdp:2,chunk:4' or 'fsdp:2,chunk:2,tensor:2'.")
 flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
 
 

@@ -26,7 +26,7 @@ from launch.cli_errors import fail_cleanly, setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (ml_collections).")
-flags.DEFINE_string("mesh", None, "Mesh, e.g. 'fsdp:16' or 'data:2,fsdp:8,chunk:4' "
+flags.DEFINE_string("mesh", None, "Mesh, e.g. 'fsdp:16', 'data:2,fsdp:8,chunk:4' or 'fsdp:8,tensor:2' "
                     "(default: the config's).")
 flags.DEFINE_integer("devices", 8, "Number of (virtual CPU) devices to compile for.")
 flags.DEFINE_enum("task", "train", ["train", "focus_prefill"], "What to plan.")
@@ -69,6 +69,7 @@ def plan_train(config, mesh):
   from focus_jax.train.optim import make_optimizer, make_schedule
   from focus_jax.train.step import make_train_step, place_state
   cfg = model_config(config)
+  parallel.check_tensor(cfg, mesh)
   graphdef, cand, frozen = abstract_split(cfg, tuple(config.candidate_projs))
   sched = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay)
   tx = make_optimizer(sched, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
@@ -111,6 +112,7 @@ def plan_focus_prefill(config, mesh):
   from focus_jax.focus.plan import round_up
   from focus_jax.model import LlamaForCausalLM, add_candidates
   cfg = model_config(config)
+  parallel.check_tensor(cfg, mesh)
   if config.get("base_dtype"):
     cfg = cfg.replace(param_dtype=config.base_dtype)
   model = nnx.eval_shape(lambda: add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(0))))

@@ -6,7 +6,8 @@ multi-device check therefore runs this file as a script in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu, where
 `main()` compares meshes "chunk:8", "data:2,chunk:4" and "chunk:4" with
 "chunk:1" (chunk counts 5 and 11: not multiples of the device count), exact
-and fast decoding, and checks that chunk caches stay sharded.
+and fast decoding, with the weights also split over fsdp and tensor, and
+checks that chunk caches stay sharded.
 """
 import os
 import subprocess
@@ -57,10 +58,12 @@ def main():
   model = tiny_model()
   fc = FocusConfig(chunk_size=16, local_window=24, fragment_len=8, min_focus_len=40)
   rng = np.random.default_rng(0)
-  runs = [(24 + 5 * 16 - 3, "exact", ("chunk:8", "data:2,chunk:4", "fsdp:2,chunk:4")),
+  runs = [(24 + 5 * 16 - 3, "exact", ("chunk:8", "data:2,chunk:4", "fsdp:2,chunk:4",
+                                      "fsdp:2,chunk:2,tensor:2")),
           (24 + 11 * 16 - 7, "exact", ("chunk:4",)),                  # 11 chunks
-          (24 + 5 * 16 - 3, "fast", ("chunk:8", "fsdp:2,chunk:4"))]   # 5 chunks; fsdp: the
-  # weights split over fsdp, gathered layer by layer inside the chunk encoding
+          (24 + 5 * 16 - 3, "fast", ("chunk:8", "fsdp:2,chunk:4", "chunk:4,tensor:2"))]
+  # 5 chunks; fsdp: the weights split over fsdp, gathered layer by layer inside the
+  # chunk encoding; tensor: heads and MLP width split (XLA's partitioner)
   for length, decode, meshes in runs:
     x = np.random.default_rng(length).integers(TINY.bos_token_id + 1, TINY.vocab_size,
                                                size=length).astype(np.int32)

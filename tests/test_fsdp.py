@@ -1,8 +1,11 @@
-"""FSDP training on 8 forced host devices (one subprocess): fsdp, data x fsdp and
-data x fsdp x chunk meshes (the last also with the fused chunk scan) train to the
-same losses and candidate values as one device; each device holds 1/fsdp of the
-parameters (measured from the arrays' shards); a checkpoint saved on fsdp:8
-resumes on data:2,fsdp:4 and on one device and continues the uninterrupted run."""
+"""FSDP and tensor-parallel training on 8 forced host devices (one subprocess):
+fsdp, data x fsdp, data x fsdp x chunk (also with the fused chunk scan) and
+tensor meshes train to the same losses and candidate values as one device;
+each device holds 1/fsdp of the parameters, and 1/(fsdp x tensor) of a
+q_proj / down_proj weight (measured from the arrays' shards); a checkpoint
+saved on fsdp:8 resumes on data:2,fsdp:4 and on one device and continues the
+uninterrupted run; a tensor axis that does not divide the heads or the MLP
+width is refused."""
 import json
 import os
 import shutil
@@ -14,7 +17,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = {"single": "", "fsdp8": "fsdp:8", "data2_fsdp4": "data:2,fsdp:4",
-          "data2_fsdp2_chunk2": "data:2,fsdp:2,chunk:2"}
+          "data2_fsdp2_chunk2": "data:2,fsdp:2,chunk:2", "tensor2": "tensor:2",
+          "data2_fsdp2_tensor2": "data:2,fsdp:2,tensor:2",
+          "fsdp2_chunk2_tensor2": "fsdp:2,chunk:2,tensor:2"}
+WEIGHTS = ("q_proj", "down_proj", "candidate_q_proj", "candidate_o_proj")
 FUSED = {"data2_fsdp2_chunk2_fused": "data:2,fsdp:2,chunk:2"}   # config.fused_chunks
 
 
@@ -63,13 +69,32 @@ def _shares():
     leaves = [x for _, x in flat]
     out[name] = {"all": here(leaves) / sum(x.size for x in leaves),
                  "split": here(rest) / sum(x.size for x in rest)}
+    for w in WEIGHTS:   # the weight and (for candidates) its AdamW moments
+      xs = [x for p, x in flat if f"['{w}']['kernel']" in jax.tree_util.keystr(p)]
+      out[name][w] = here(xs) / sum(x.size for x in xs)
+  return out
+
+
+def _tensor_errors(workdir):
+  """launch.train's message for each config field a tensor axis does not divide."""
+  from focus_jax.train.loop import train
+  out = {}
+  for field, mesh, tiny in (("num_heads", "tensor:8", {}), ("num_kv_heads", "tensor:4", {}),
+                            ("intermediate_size", "tensor:2", {"intermediate_size": 129})):
+    c = _config(mesh, 1)
+    c.tiny.update(tiny)
+    try:
+      train(c, os.path.join(workdir, "tensor_error_" + field))
+      out[field] = ""
+    except ValueError as e:
+      out[field] = str(e)
   return out
 
 
 def main(workdir):
   from focus_jax.train.loop import train
   from focus_jax.train.metrics import read_metrics
-  out = {"shares": _shares()}
+  out = {"shares": _shares(), "tensor_errors": _tensor_errors(workdir)}
   for name, mesh in MESHES.items():
     wd = os.path.join(workdir, name)
     train(_config(mesh, 4), wd)
@@ -116,11 +141,25 @@ def test_fsdp_meshes_train_like_one_device(runs, name):
 
 def test_each_device_holds_one_fsdp_share(runs):
   shares = runs["shares"]
-  assert shares["single"] == {"all": 1.0, "split": 1.0}
+  assert shares["single"] == {"all": 1.0, "split": 1.0, **dict.fromkeys(WEIGHTS, 1.0)}
   for name, n in (("fsdp8", 8), ("data2_fsdp4", 4), ("data2_fsdp2_chunk2", 2)):
     assert shares[name]["split"] == 1 / n, (name, shares[name])
     # the replicated RMSNorm weights are 1.4% of this tiny model's numbers (far less at 7B)
     assert 1 / n < shares[name]["all"] < 1.03 / n, (name, shares[name])
+
+
+@pytest.mark.parametrize("name,fsdp,tensor", [("tensor2", 1, 2), ("data2_fsdp2_tensor2", 2, 2),
+                                              ("fsdp2_chunk2_tensor2", 2, 2), ("fsdp8", 8, 1)])
+def test_each_device_holds_one_fsdp_x_tensor_share_of_a_layer_weight(runs, name, fsdp, tensor):
+  for w in WEIGHTS:
+    assert runs["shares"][name][w] == 1 / (fsdp * tensor), (name, w, runs["shares"][name])
+
+
+@pytest.mark.parametrize("field,n,value", [("num_heads", 8, 4), ("num_kv_heads", 4, 2),
+                                           ("intermediate_size", 2, 129)])
+def test_tensor_axis_must_divide_heads_and_mlp(runs, field, n, value):
+  msg = runs["tensor_errors"][field]
+  assert f"tensor axis ({n}) must divide the model config's {field} ({value})" in msg, msg
 
 
 @pytest.mark.parametrize("name", ["resume_data2_fsdp4", "resume_single"])

@@ -32,7 +32,7 @@ from focus_jax.decoding import Generation, generate_plain
 from focus_jax.focus import steps as P_
 from focus_jax.focus.plan import ChunkPlan, make_plan, round_up, shard_order
 from focus_jax.model import AttnOptions
-from focus_jax.parallel import axis_size, make_mesh, shard_state, sharding
+from focus_jax.parallel import axis_size, check_tensor, make_mesh, shard_state, sharding
 from focus_jax.sampling import Sampler
 
 DECODE_MODES = ("exact", "fast")
@@ -138,6 +138,7 @@ def generate_focus(model, prompt: Sequence[int], max_new_tokens: int,
   clock = _Clock(timings)
   cfg = model.config
   mesh = make_mesh(None) if mesh is None else mesh
+  check_tensor(cfg, mesh)
   chunk_batch = round_up(chunk_batch, axis_size(mesh, P_.CHUNK))
   plan = make_plan(prompt, cfg, focus, row_multiple=chunk_batch)
   if not plan.focus:

@@ -126,6 +126,7 @@ def train(config, workdir: str, *, export_only: bool = False,
   mesh = parallel.make_mesh(config.mesh)
   model = setup.load_model(config)
   cfg = model.cfg
+  parallel.check_tensor(cfg, mesh)
   spec = setup.sample_spec(config, cfg, parallel.axis_size(mesh, "chunk"))
   bspec = setup.batch_spec(config, parallel.axis_size(mesh, "data") *
                            parallel.axis_size(mesh, "fsdp"))

@@ -4,10 +4,13 @@ Layout: the mesh has axes `data` and `fsdp` (samples) and `chunk` (rows of
 chunks). A step batch is [A, B, T, ...] (A micro-batches, B samples, T
 tasks); chunk rows [A, B, T, R, C] are split over data x fsdp (B) and chunk
 (R). Parameters (frozen and candidate), gradients and AdamW state are split
-over `fsdp` by the logical rules (parallel.LOGICAL_RULES). Inside one
-shard_map each device:
+over `fsdp` by the logical rules (parallel.LOGICAL_RULES), and over `tensor`
+(heads, MLP width) when the mesh has it. The shard_map is manual over data,
+fsdp and chunk; `tensor` stays with XLA's SPMD partitioner, which splits each
+layer's matmuls Megatron style and adds their all-reduces. Inside it each
+device:
   0. all-gathers the top-level weights over fsdp, and each layer's weights
-     inside the layer scan (one layer whole at a time),
+     inside the layer scan (one layer whole over fsdp at a time),
   1. runs its rows (prefix without gradient, candidates with gradient),
   2. all-gathers the memory over `chunk`, so every device of a chunk group
      holds the tasks' whole memory,
@@ -86,7 +89,8 @@ class Placement(NamedTuple):
 def place_state(cand, frozen, tx: optax.GradientTransformation, mesh, *,
                 base_dtype: str | None = None):
   """(TrainState, frozen State, Placement): parameters, gradients' and AdamW's
-  state split over "fsdp" by the logical rules (replicated over the other axes).
+  state split over "fsdp" and "tensor" by the logical rules (replicated over the
+  other axes).
 
   Works on concrete arrays and on abstract ones (jax.ShapeDtypeStruct, for
   planning). base_dtype: store the frozen base in this dtype (e.g. bfloat16);
@@ -148,9 +152,6 @@ def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
   """
   chunk_n = parallel.axis_size(mesh, "chunk")
   fsdp_n = parallel.axis_size(mesh, "fsdp")
-  if parallel.axis_size(mesh, "tensor") > 1:
-    raise ValueError("the train step splits parameters over fsdp; a tensor axis > 1 is not "
-                     "supported by it (use fsdp)")
   rep = parallel.spec(mesh)
   if param_specs is None:
     cand_specs = frozen_specs = rep
