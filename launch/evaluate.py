@@ -170,7 +170,7 @@ def evaluate():
   model, extras = load_checkpoint(FLAGS.checkpoint)
   model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
   tok = T.load(FLAGS.tokenizer, extras.get("tokenizer_dir"))
-  setup = modes.mode_setup(model, progress=False)
+  setup = modes.mode_setup(model, progress=False, saved_focus=extras.get("focus_config"))
   out = Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   settings = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "task": FLAGS.task,

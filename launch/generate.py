@@ -199,13 +199,13 @@ def generate():
                 "handle long inputs", ids.size, FLAGS.max_new_tokens, cfg.max_position_embeddings)
   check_memory(cfg, ids.size, _dir_bytes(os.path.join(FLAGS.checkpoint, "params")))
   sampler = _TimedSampler(Sampler(FLAGS.temperature, FLAGS.top_p, FLAGS.seed))
-  model, _ = load_checkpoint(FLAGS.checkpoint)
+  model, extras = load_checkpoint(FLAGS.checkpoint)
   model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
   log.info("load: %s in %.1f s (prompt %d tokens, mode=%s)", FLAGS.checkpoint,
            time.time() - t0, ids.size, FLAGS.mode)
   t1 = time.time()
   from focus_jax.eval import runner
-  gen = runner.generate(modes.mode_setup(model), ids, FLAGS.max_new_tokens, sampler,
+  gen = runner.generate(modes.mode_setup(model, saved_focus=extras.get("focus_config")), ids, FLAGS.max_new_tokens, sampler,
                         stop_at_eos=not FLAGS.ignore_eos)
   t2 = time.time()
   first = sampler.first or t2

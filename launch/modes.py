@@ -29,8 +29,31 @@ flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8', 'data:2,chu
 flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
 
 
-def mode_setup(model, progress: bool = True):
-  """The ModeSetup named by the flags (candidate projections added when missing)."""
+FOCUS_FLAGS = ("chunk_size", "local_window", "fragment_len", "min_focus_len")
+
+
+def focus_settings(saved=None):
+  """FocusConfig of --mode=focus: flags given on the command line, else the
+  checkpoint's focus_config.json (`saved`, the settings it was trained with),
+  else the flag defaults (the official values)."""
+  from focus_jax.config import FocusConfig
+  base = saved.to_dict() if saved is not None else {}
+  given = {n: FLAGS[n].value for n in FOCUS_FLAGS if FLAGS[n].present or n not in base}
+  fc = FocusConfig.from_dict({**base, **given})
+  if saved is not None:
+    kept = [n for n in FOCUS_FLAGS if n not in given]
+    if kept:
+      logging.info("focus settings from the checkpoint's focus_config.json: %s",
+                   ", ".join(f"{n}={getattr(fc, n)}" for n in kept))
+  return fc
+
+
+def mode_setup(model, progress: bool = True, saved_focus=None):
+  """The ModeSetup named by the flags (candidate projections added when missing).
+
+  saved_focus: the checkpoint's FocusConfig (load_checkpoint's extras), used
+  for the focus settings not given as flags.
+  """
   from focus_jax.eval.runner import ModeSetup
   if FLAGS.mode not in MODE_NAMES:
     raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODE_NAMES)}")
@@ -39,11 +62,9 @@ def mode_setup(model, progress: bool = True):
   if FLAGS.mode == "selfextend":
     return ModeSetup("selfextend", model, group_size=FLAGS.group_size,
                      neighbor_window=FLAGS.neighbor_window)
-  from focus_jax.config import FocusConfig
   from focus_jax.model import add_candidates
   from focus_jax.parallel import axis_size, make_mesh
-  fc = FocusConfig(chunk_size=FLAGS.chunk_size, local_window=FLAGS.local_window,
-                   fragment_len=FLAGS.fragment_len, min_focus_len=FLAGS.min_focus_len)
+  fc = focus_settings(saved_focus)
   if not model.has_candidates:
     logging.warning("checkpoint has no candidate projections; using untrained copies of q/k/v/o")
     add_candidates(model, fc.candidate_projs)
