@@ -29,6 +29,7 @@ def get_config():
   c.fragment_max = 512             # F = min(fragment_max, S, m)
   c.span_min = 16                  # m in [span_min, Wl - target_tokens - 2] (paper: 30)
   c.target_tokens = 1              # K predicted tokens per task (paper: 1)
+  c.retrieval_frac = 0.0           # share of samples made fact-retrieval documents (data.retrieval)
   c.loss_mix = "both"              # "both" (every sample, both losses) or "random" (one)
   c.row_buckets = "fixed"          # chunk rows: "fixed" (one shape per S) or "bucket"
   c.seed = 0

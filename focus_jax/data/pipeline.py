@@ -45,12 +45,15 @@ class BatchSpec:
     return self.global_batch * self.accum
 
 
-def step_dataset(source, spec: SampleSpec, batch: BatchSpec, seed: int) -> grain.MapDataset:
-  """A MapDataset whose element s is this host's batch of optimiser step s."""
+def step_dataset(source, spec: SampleSpec, batch: BatchSpec, seed: int,
+                 facts=None) -> grain.MapDataset:
+  """A MapDataset whose element s is this host's batch of optimiser step s.
+
+  facts: data.retrieval.FactInserter for spec.retrieval_frac > 0."""
   g = batch.samples_per_step
 
   def tasks(index, x):
-    return make_tasks(x, spec, seed, index, g)
+    return make_tasks(x, spec, seed, index, g, facts)
 
   def collate(samples):
     arrays = pad_tasks(samples, spec)
@@ -66,9 +69,9 @@ def step_dataset(source, spec: SampleSpec, batch: BatchSpec, seed: int) -> grain
 
 
 def step_iterator(source, spec: SampleSpec, batch: BatchSpec, seed: int, *,
-                  prefetch: int = 2, threads: int = 1):
+                  prefetch: int = 2, threads: int = 1, facts=None):
   """A checkpointable iterator over step batches (grain DatasetIterator)."""
-  ds = step_dataset(source, spec, batch, seed)
+  ds = step_dataset(source, spec, batch, seed, facts)
   opts = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(opts))
 

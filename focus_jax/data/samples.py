@@ -27,7 +27,7 @@ from focus_jax.focus.plan import bucket_count
 
 CONTINUATION, REPETITION = 0, 1
 LOSS_NAMES = ("continuation", "repetition")
-_TAG_SAMPLE, _TAG_CHUNK = 1, 2
+_TAG_SAMPLE, _TAG_CHUNK, _TAG_RETRIEVAL = 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,7 @@ class SampleSpec:
   bos_id: int | None = 1
   row_buckets: str = "fixed"                     # "fixed" (one shape per S) or "bucket"
   row_multiple: int = 1                          # rows padded to a multiple (chunk devices)
+  retrieval_frac: float = 0.0                    # share of samples made fact-retrieval documents
 
   def __post_init__(self):
     if self.loss_mix not in ("both", "random"):
@@ -51,6 +52,8 @@ class SampleSpec:
       raise ValueError(f"row_buckets must be 'fixed' or 'bucket', got {self.row_buckets!r}")
     if not self.chunk_sizes or min(self.chunk_sizes) < 1:
       raise ValueError(f"chunk_sizes must be positive, got {self.chunk_sizes}")
+    if not 0.0 <= self.retrieval_frac <= 1.0:
+      raise ValueError(f"retrieval_frac must be in [0, 1], got {self.retrieval_frac}")
     if self.target_tokens < 1 or self.fragment_max < 1 or self.row_multiple < 1:
       raise ValueError("target_tokens, fragment_max and row_multiple must be >= 1")
     if self.span_min < 1 or self.span_max < self.span_min:
@@ -121,16 +124,45 @@ def build_task(x: np.ndarray, task: dict, s: int, spec: SampleSpec) -> dict:
               targets=x[start + m:start + m + kk])
 
 
+def retrieval_task(doc: np.ndarray, target: int, spec: SampleSpec,
+                   rng: np.random.Generator) -> dict:
+  """The continuation task whose target is doc[target] (a fact's digit, data.retrieval)."""
+  m = int(rng.integers(spec.span_min, min(spec.span_max, target) + 1))
+  start = target - m
+  return dict(kind=CONTINUATION, start=start, m=m, mem_end=start)
+
+
 def make_tasks(x: np.ndarray, spec: SampleSpec, seed: int, index: int,
-               samples_per_step: int) -> list[dict]:
-  """All tasks of global sample `index` (one per loss, or one random loss)."""
+               samples_per_step: int, facts=None) -> list[dict]:
+  """All tasks of global sample `index` (one per loss, or one random loss).
+
+  facts: a data.retrieval.FactInserter; with spec.retrieval_frac > 0 that
+  share of samples becomes a retrieval document whose continuation task
+  targets a fact's digit (the other samples are unchanged: the choice and the
+  document come from their own random stream).
+  """
   x = np.asarray(x, np.int32)
   if len(x) > spec.max_len:
     raise ValueError(f"window of {len(x)} tokens exceeds max_len={spec.max_len}")
   rng = np.random.default_rng([seed, _TAG_SAMPLE, index])
   s = chunk_size_for_step(spec, seed, index // samples_per_step)
   kinds = [CONTINUATION, REPETITION] if spec.loss_mix == "both" else [int(rng.integers(2))]
-  return [build_task(x, draw_task(x, k, spec, rng), s, spec) for k in kinds]
+  made = None
+  if spec.retrieval_frac > 0:
+    if facts is None:
+      raise ValueError("retrieval_frac > 0 needs a FactInserter (facts=)")
+    rrng = np.random.default_rng([seed, _TAG_RETRIEVAL, index])
+    if rrng.random() < spec.retrieval_frac:
+      made = facts(x, rrng, spec.local_window)
+  if made is None:
+    return [build_task(x, draw_task(x, k, spec, rng), s, spec) for k in kinds]
+  x, target = made
+  tasks = []
+  for k in kinds:
+    draw = draw_task(x, k, spec, rng)   # same draws as without facts: other samples unchanged
+    tasks.append(build_task(x, retrieval_task(x, target, spec, rrng) if k == CONTINUATION
+                            else draw, s, spec))
+  return tasks
 
 
 def _bucket_rows(n: int, s: int, spec: SampleSpec) -> int:

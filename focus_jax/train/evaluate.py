@@ -11,6 +11,8 @@ targets with the memory masked out: the plain model on the local window.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 
@@ -51,7 +53,8 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
   eval_config = config.copy_and_resolve_references()
   with eval_config.unlocked():
     eval_config.data = config.get("eval_data") or config.data
-  spec = setup.sample_spec(config, cfg, 1)
+  # Held-out tasks are the eval data's own (no fact documents), whatever the run trained on.
+  spec = dataclasses.replace(setup.sample_spec(config, cfg, 1), retrieval_frac=0.0)
   source = setup.make_source(eval_config, model, workdir)
   it = step_iterator(source, spec, BatchSpec(global_batch=1), config.seed + EVAL_SEED_OFFSET)
 

@@ -141,7 +141,7 @@ def train(config, workdir: str, *, export_only: bool = False,
                       eps=config.eps, clip_norm=config.clip_norm)
   state, frozen, placement = place_state(cand, frozen, tx, mesh,
                                          base_dtype=config.get("base_dtype") or None)
-  data = _iterator(source, spec, bspec, config)
+  data = _iterator(source, spec, bspec, config, setup.fact_inserter(config, model))
   ckpts = TrainCheckpoints(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
                            keep=config.keep_checkpoints, async_save=config.async_checkpoints)
   writer = MetricsWriter(workdir, config.steps, enabled=jax.process_index() == 0,
@@ -207,9 +207,9 @@ def train(config, workdir: str, *, export_only: bool = False,
   return {"step": step, **last}
 
 
-def _iterator(source, spec, bspec, config):
+def _iterator(source, spec, bspec, config, facts=None):
   from focus_jax.data import step_iterator
-  return step_iterator(source, spec, bspec, config.seed)
+  return step_iterator(source, spec, bspec, config.seed, facts=facts)
 
 
 def export_model(config, workdir: str, model, graphdef, candidate, frozen) -> str | None:

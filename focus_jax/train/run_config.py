@@ -53,9 +53,14 @@ def saved_config(workdir: str) -> dict | None:
         from None
 
 
+# Fields added after runs were started: absent from an older config.json they
+# mean this value (the behaviour those runs had).
+ADDED_DEFAULTS = {"retrieval_frac": 0.0}
+
+
 def diff(old: dict, new: dict) -> dict:
   """{field: [old, new]} for every (dotted) field that differs."""
-  a, b = _flat(old), _flat(new)
+  a, b = {**ADDED_DEFAULTS, **_flat(old)}, _flat(new)
   return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

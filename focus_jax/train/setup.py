@@ -121,7 +121,18 @@ def sample_spec(config, cfg: ModelConfig, chunk_devices: int) -> SampleSpec:
                     fragment_max=config.fragment_max, span_min=config.span_min,
                     target_tokens=config.target_tokens, loss_mix=config.loss_mix,
                     max_len=config.max_len, bos_id=cfg.bos_token_id,
-                    row_buckets=config.row_buckets, row_multiple=chunk_devices)
+                    row_buckets=config.row_buckets, row_multiple=chunk_devices,
+                    retrieval_frac=config.get("retrieval_frac", 0.0))
+
+
+def fact_inserter(config, model: Model):
+  """data.retrieval.FactInserter for config.retrieval_frac > 0 (else None)."""
+  if not config.get("retrieval_frac", 0.0):
+    return None
+  from focus_jax.data.retrieval import FactInserter
+  tok, _ = make_tokenizer(config, model)
+  bos = model.cfg.bos_token_id
+  return FactInserter(lambda text: [i for i in tok(text) if i != bos])
 
 
 def batch_spec(config, data_devices: int) -> BatchSpec:
