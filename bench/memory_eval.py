@@ -26,13 +26,16 @@ flags.DEFINE_integer("samples", 16, "Held-out samples (two tasks each).")
 flags.DEFINE_boolean("watch", False, "Poll for new checkpoints until the last step.")
 flags.DEFINE_integer("poll_s", 60, "Seconds between polls with --watch.")
 flags.DEFINE_integer("every", 1, "Evaluate only checkpoints whose step is a multiple of this.")
+flags.DEFINE_boolean("retrieval", False, "Held-out fact-retrieval documents (data.retrieval) "
+                     "instead of the eval data's own tasks; appends to heldout_retrieval.jsonl.")
 flags.mark_flag_as_required("workdir")
 
 HELDOUT_FILE = "heldout.jsonl"
+RETRIEVAL_FILE = "heldout_retrieval.jsonl"
 
 
-def read_heldout(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, HELDOUT_FILE)
+def read_heldout(workdir: str, name: str = HELDOUT_FILE) -> list[dict]:
+  path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -56,14 +59,15 @@ def main(argv):
     config = ml_collections.ConfigDict(json.load(f))
   config.target_tokens = 1
   last = int(config.steps)
+  name = RETRIEVAL_FILE if FLAGS.retrieval else HELDOUT_FILE
   while True:
-    done = {r["step"] for r in read_heldout(wd) if r.get("n_samples") == FLAGS.samples}
+    done = {r["step"] for r in read_heldout(wd, name) if r.get("n_samples") == FLAGS.samples}
     todo = [s for s in [0] + _steps(wd) if s not in done and s % FLAGS.every == 0]
     for s in todo:
       t = time.time()
-      r = evaluate(config, wd, FLAGS.samples, step=s)
+      r = evaluate(config, wd, FLAGS.samples, step=s, retrieval=FLAGS.retrieval)
       r.update(n_samples=FLAGS.samples, eval_s=round(time.time() - t, 1))
-      with open(os.path.join(wd, HELDOUT_FILE), "a") as f:
+      with open(os.path.join(wd, name), "a") as f:
         f.write(json.dumps(r) + "\n")
       print(json.dumps(r), flush=True)
     if not FLAGS.watch or last in done | set(todo):

@@ -3,8 +3,8 @@
 `FactInserter(encode)` turns a prose window x into a retrieval document of the
 same length: 1-4 facts ("The locker code of Antonio is 48213.") inserted at
 random depths of the part that will be memory, and at the end a question that
-restates one fact up to its number. The task's target is one digit of that
-number, so its only source is the memory (the fact lies more than a local
+restates one fact up to its number. The task's target is one token of that
+number (or the space before it), so its only source is the memory (the fact lies more than a local
 window before it). The task is a continuation task (memory = the text before
 the span), drawn by `samples.make_tasks` when `SampleSpec.retrieval_frac` > 0.
 
@@ -71,6 +71,7 @@ class FactInserter:
       prev = c
     body = np.concatenate(parts + [x[prev:]])[:body_len]
     doc = np.concatenate([body, qa]).astype(np.int32)
-    n_digits = min(digits, len(values[ask]))                   # skip a separate space token
-    target = len(body) + len(qa) - n_digits + int(rng.integers(n_digits))
+    # any token of the answer as the tokenizer writes it after "is" (with SmolLM2's
+    # tokenizer a lone space, then one token per digit): decoding must produce each
+    target = len(body) + len(head) + int(rng.integers(digits))
     return doc, target

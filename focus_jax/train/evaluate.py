@@ -31,8 +31,13 @@ EVAL_SEED_OFFSET = 1000
 
 
 def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
-             allow_config_change: bool = False) -> dict:
-  """Mean held-out losses of the checkpoint at `step` (default: latest; 0: initial)."""
+             allow_config_change: bool = False, retrieval: bool = False) -> dict:
+  """Mean held-out losses of the checkpoint at `step` (default: latest; 0: initial).
+
+  retrieval: every held-out sample becomes a fact-retrieval document
+  (data.retrieval; its continuation task targets a fact's digit), instead of
+  the eval data's own tasks.
+  """
   if n_samples < 1:
     raise ValueError(f"the number of eval samples must be >= 1, got {n_samples}")
   ckdir = os.path.join(workdir, "checkpoints")
@@ -53,10 +58,15 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
   eval_config = config.copy_and_resolve_references()
   with eval_config.unlocked():
     eval_config.data = config.get("eval_data") or config.data
-  # Held-out tasks are the eval data's own (no fact documents), whatever the run trained on.
-  spec = dataclasses.replace(setup.sample_spec(config, cfg, 1), retrieval_frac=0.0)
+  # Held-out tasks are the eval data's own (no fact documents) unless `retrieval`,
+  # whatever the run trained on.
+  spec = dataclasses.replace(setup.sample_spec(config, cfg, 1),
+                             retrieval_frac=1.0 if retrieval else 0.0)
+  with eval_config.unlocked():
+    eval_config.retrieval_frac = spec.retrieval_frac
   source = setup.make_source(eval_config, model, workdir)
-  it = step_iterator(source, spec, BatchSpec(global_batch=1), config.seed + EVAL_SEED_OFFSET)
+  it = step_iterator(source, spec, BatchSpec(global_batch=1), config.seed + EVAL_SEED_OFFSET,
+                     facts=setup.fact_inserter(eval_config, model))
 
   bos_mem = config.get("bos_sees_memory", True)
 
