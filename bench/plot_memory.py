@@ -4,9 +4,11 @@ r"""Held-out FocusLLM losses with and without the memory against step, one line 
       [--out=docs/memory_training.png]
 
 Each RUN_DIR holds heldout.jsonl (bench/memory_eval.py) and metrics.jsonl
-(the training loop). Three panels: held-out repetition loss, held-out
-continuation loss (solid: with the memory, dashed: without, the plain model on
-the same local windows), and the training loss (window means of metrics.jsonl).
+(the training loop), and optionally heldout_retrieval.jsonl (memory_eval.py
+--retrieval). Four panels: held-out repetition loss, held-out continuation
+loss, held-out fact retrieval (solid: with the memory, dashed: without, the
+plain model on the same local windows), and the training loss (window means
+of metrics.jsonl).
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ flags.DEFINE_integer("window", 25, "Steps per training-loss mean.")
 flags.mark_flag_as_required("runs")
 
 
-def _heldout(run: str) -> list[dict]:
-  path = os.path.join(run, "heldout.jsonl")
+def _heldout(run: str, name: str = "heldout.jsonl") -> list[dict]:
+  path = os.path.join(run, name)
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -48,13 +50,14 @@ def main(argv):
   for r in runs:
     if len(r) != 2:
       raise SystemExit(f"--runs entries must be NAME=RUN_DIR, got {'='.join(r)!r}")
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+  fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, (name, run) in enumerate(runs):
     col = colors[i % len(colors)]
-    ho = _heldout(run)
-    for ax, kind in zip(axes[:2], ("repetition", "continuation")):
-      pts = [r for r in ho if f"loss_{kind}" in r]
+    ho, hr = _heldout(run), _heldout(run, "heldout_retrieval.jsonl")
+    for ax, kind, rows in ((axes[0], "repetition", ho), (axes[1], "continuation", ho),
+                           (axes[2], "continuation", hr)):
+      pts = [r for r in rows if f"loss_{kind}" in r]
       if pts:
         st = [r["step"] for r in pts]
         ax.plot(st, [r[f"loss_{kind}"] for r in pts], "-o", color=col, ms=3,
@@ -64,10 +67,11 @@ def main(argv):
     if os.path.exists(os.path.join(run, "metrics.jsonl")):
       curve = loss_curve(read_metrics(run), FLAGS.window)
       if curve:
-        axes[2].plot([c["last_step"] for c in curve], [c["loss"] for c in curve], "-",
+        axes[3].plot([c["last_step"] for c in curve], [c["loss"] for c in curve], "-",
                      color=col, label=name)
   for ax, title in zip(axes, ("held-out repetition loss (K=1)",
                               "held-out continuation loss (K=1)",
+                              "held-out fact retrieval: a token of the number",
                               f"training loss (means of {FLAGS.window} steps)")):
     ax.set_title(title)
     ax.set_xlabel("step")

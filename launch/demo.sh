@@ -32,18 +32,15 @@ ids = tok("The capital of France is", return_tensors="pt")
 out = model.generate(**ids, max_new_tokens=8, do_sample=False)
 print("transformers reload:", repr(tok.decode(out[0][ids["input_ids"].shape[1]:])))
 PYEOF
-"$PY" - "$RUN/model" out/demo_passkey.npy <<'PYEOF'
-import sys
-import numpy as np
-from transformers import AutoTokenizer
-from focus_jax.eval.passkey import make_passkey_prompt
-tok = AutoTokenizer.from_pretrained(sys.argv[1] + "/tokenizer")
-ids, answer = make_passkey_prompt(tok, 1536, depth=0.3, seed=1)
-np.save(sys.argv[2], ids)
-print(f"passkey prompt: {len(ids)} tokens, answer {answer}")
-PYEOF
-echo "FocusLLM passkey below: the candidates trained for a few demo steps do not yet carry the key" \
-  "(no recipe has yet made SmolLM2's memory retrieve it: docs/RESULTS.md, 'Making the memory work');" \
-  "this shows the trained-checkpoint round trip, not retrieval."
-"$PY" -m launch.generate --checkpoint="$RUN/model" --mode=focus --input_ids=out/demo_passkey.npy \
-  --chunk_size=256 --local_window=256 --fragment_len=128 --min_focus_len=512 --max_new_tokens=8
+# FocusLLM with the trained candidates that ship with focus_jax (focus_jax/trained/,
+# reproduced by `make train-smollm2`): a 2K-token prompt whose answer lies far before
+# the local window, FocusLLM (memory + local window) against the plain model on the
+# local window alone.
+TRAINED_HF=out/smollm2_memory_hf
+TRAINED=out/smollm2_memory
+if [[ ! -d "$TRAINED" ]]; then
+  "$PY" -m focus_jax.trained --out="$TRAINED_HF" --overwrite
+  "$PY" -m launch.convert --hf_model="$TRAINED_HF" --out="$TRAINED"
+fi
+"$PY" -m launch.demo_memory --checkpoint="$TRAINED" --task=fact --length=2048 --depth=0.3
+"$PY" -m launch.demo_memory --checkpoint="$TRAINED" --task=passkey --length=2048 --depth=0.3

@@ -1,0 +1,5 @@
+import sys
+
+from focus_jax.trained import main
+
+sys.exit(main())

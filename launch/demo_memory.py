@@ -1,0 +1,91 @@
+r"""What a trained FocusLLM memory retrieves: one long prompt, FocusLLM against the plain model
+on the same local window.
+
+  python -m launch.demo_memory --checkpoint=out/smollm2_memory [--task=passkey|fact]
+      [--length=2048] [--depth=0.3] [--seed=1]
+
+passkey: the official passkey prompt (focus_jax.eval.passkey); fact: a held-out
+play (not trained on) with one fact line at --depth and a question restating
+it at the end (focus_jax.data.retrieval's wording). The answer lies far
+outside the local window (the last Wl tokens). FocusLLM reads the whole
+prompt through its memory with the checkpoint's trained settings
+(focus_config.json), exact decoding; the plain model gets BOS + the local
+window only, i.e. exactly what FocusLLM's local part sees without the memory.
+Prints one line per model and a JSON summary as the last line.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint with trained candidates.")
+flags.DEFINE_enum("task", "passkey", ["passkey", "fact"], "Prompt kind.")
+flags.DEFINE_integer("length", 2048, "Prompt length in tokens.")
+flags.DEFINE_float("depth", 0.3, "Where the key or fact sits, in [0, 1].")
+flags.DEFINE_integer("seed", 1, "Seed of the key / fact.")
+flags.mark_flag_as_required("checkpoint")
+
+
+def _fact_prompt(tok, n_tokens, depth, seed):
+  """Held-out play text with one fact at `depth`, then the question up to the number."""
+  import numpy as np
+  from focus_jax.data.retrieval import ATTRS, NAMES
+  from focus_jax.train.setup import SHAKESPEARE_EVAL, shakespeare_split
+  rng = np.random.default_rng(seed)
+  name, attr = NAMES[rng.integers(len(NAMES))], ATTRS[rng.integers(len(ATTRS))]
+  value = str(int(rng.integers(10000, 100000)))
+  play = [p for p in shakespeare_split("eval") if SHAKESPEARE_EVAL[0] in p][0]
+  enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+  fact, question = enc(f" The {attr} of {name} is {value}. "), enc(
+      f" Question: what is the {attr} of {name}? Answer: the {attr} of {name} is")
+  body = enc(open(play, encoding="utf-8", errors="replace").read()[:n_tokens * 8])
+  body = body[:n_tokens - 1 - len(fact) - len(question)]
+  at = int(depth * len(body))
+  ids = [tok.bos_token_id] + body[:at] + fact + body[at:] + question
+  return np.asarray(ids, np.int32), value
+
+
+def main(argv):
+  del argv
+  from transformers import AutoTokenizer
+  from focus_jax.checkpoint.orbax import load_checkpoint
+  from focus_jax.decoding import generate_plain
+  from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
+  from focus_jax.focus.inference import generate_focus
+  model, extras = load_checkpoint(FLAGS.checkpoint)
+  focus = extras["focus_config"]
+  if not model.has_candidates or focus is None:
+    raise app.UsageError(f"{FLAGS.checkpoint} has no trained candidates (focus_config.json)")
+  tok = AutoTokenizer.from_pretrained(extras["tokenizer_dir"])
+  if FLAGS.task == "passkey":
+    ids, answer = make_passkey_prompt(tok, FLAGS.length, depth=FLAGS.depth, seed=FLAGS.seed)
+    n = answer_token_count(tok, answer)
+  else:
+    ids, answer = _fact_prompt(tok, FLAGS.length, FLAGS.depth, FLAGS.seed)
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+    n = len(enc(f" is {answer}")) - len(enc(" is"))
+  local = [tok.bos_token_id] + ids[-focus.local_window:].tolist()
+  seen = answer in tok.decode(local)
+  print(f"{FLAGS.task} prompt: {ids.size} tokens, answer {answer} "
+        f"({'inside' if seen else 'outside'} the local window of the last {focus.local_window} "
+        f"tokens); FocusLLM S={focus.chunk_size} Wl={focus.local_window} F={focus.fragment_len}",
+        flush=True)
+  out = {}
+  for name, run in (
+      ("FocusLLM (memory + local window)",
+       lambda: generate_focus(model, ids, n, focus=focus, stop_at_eos=False)),
+      ("plain model, local window only",
+       lambda: generate_plain(model, local, n, stop_at_eos=False))):
+    gen = run().tokens[:n]
+    ok = is_correct(tok, gen, answer)
+    out[name] = {"output": tok.decode(gen), "correct": bool(ok)}
+    print(f"  {name:34s} -> {tok.decode(gen)!r} ({'correct' if ok else 'wrong'})", flush=True)
+  print(json.dumps({"task": FLAGS.task, "tokens": int(ids.size), "answer": answer, **out}))
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
