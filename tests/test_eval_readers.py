@@ -127,3 +127,32 @@ def test_report_table_and_heatmap(tmp_path):
           [(4096, 0.0, True), (4096, 1.0, False), (8192, 0.0, True)]]
   passkey_heatmap(rows, tmp_path / "h.png")
   assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plots_first_windows_compare_runs_on_the_same_text(tmp_path):
+  """--windows=1 takes the first window of each length (document, then start)."""
+  import math
+  from focus_jax.eval import plots
+  rows = [{"length": 8, "doc": 0, "start": 4, "nll": 9.0, "tokens": 2, "case": "a"},
+          {"length": 8, "doc": 0, "start": 0, "nll": 1.0, "tokens": 2, "case": "b"},
+          {"length": 4, "doc": 1, "start": 0, "nll": 5.0, "tokens": 2, "case": "c"},
+          {"length": 4, "doc": 0, "start": 2, "nll": 3.0, "tokens": 2, "case": "d"}]
+  assert [r["case"] for r in plots.first_windows(rows, 1)] == ["d", "b"]
+  assert len(plots.first_windows(rows, None)) == 4
+  with pytest.raises(ValueError, match="--windows"):
+    plots.first_windows(rows, 0)
+  run = tmp_path / "ppl"
+  run.mkdir()
+  (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (run / "summary.json").write_text(json.dumps(
+      {"task": "perplexity", "settings": {"checkpoint": "/x/smol", "mode": "plain"},
+       "scores": {"8": {"ppl": 99.0}, "4": {"ppl": 99.0}}}))
+  seen = {}
+  orig = plots.perplexity_plot
+  plots.perplexity_plot = lambda series, path: seen.update(series)
+  try:
+    plots.main([str(run), "--out", str(tmp_path / "fig"), "--windows", "1"])
+  finally:
+    plots.perplexity_plot = orig
+  assert seen["smol plain"]["8"] == pytest.approx(math.exp(1.0 / 2))
+  assert seen["smol plain"]["4"] == pytest.approx(math.exp(3.0 / 2))

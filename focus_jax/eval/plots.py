@@ -5,6 +5,9 @@
 Writes passkey_<name>.png (length x depth accuracy heatmap) for each passkey
 run and perplexity.png (perplexity vs window length, one line per run) for
 the perplexity runs. launch.evaluate draws the run's own figure as it ends.
+--windows=N draws every perplexity run from the first N windows of each
+length (in the order of the protocol: document, then start), so runs made with
+different --max_windows compare on the same text.
 """
 from __future__ import annotations
 
@@ -79,11 +82,28 @@ def perplexity_plot(series: dict, path) -> None:
   plt.close(fig)
 
 
+def first_windows(rows, n: int | None) -> list[dict]:
+  """The first n perplexity windows (by document, then start) of each length."""
+  if n is None:
+    return list(rows)
+  if n < 1:
+    raise ValueError(f"--windows must be >= 1, got {n}")
+  out, seen = [], {}
+  for r in sorted(rows, key=lambda r: (r["length"], r["doc"], r["start"])):
+    if seen.get(r["length"], 0) < n:
+      seen[r["length"]] = seen.get(r["length"], 0) + 1
+      out.append(r)
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(prog="python -m focus_jax.eval.plots", description=__doc__)
   ap.add_argument("runs", nargs="+", help="launch.evaluate output folders")
   ap.add_argument("--out", required=True, help="folder for the PNGs")
+  ap.add_argument("--windows", type=int, default=None,
+                  help="perplexity from the first N windows of each length of every run")
   args = ap.parse_args(argv)
+  from focus_jax.eval.perplexity import summarize as ppl_summary
   from focus_jax.eval.results import read_jsonl
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +117,11 @@ def main(argv=None):
       passkey_heatmap(rows, out / f"passkey_{name}.png", f"passkey: {label}")
       print(out / f"passkey_{name}.png")
     elif summary["task"] == "perplexity":
-      series[label] = {k: v["ppl"] for k, v in summary["scores"].items()}
+      scores = summary["scores"]
+      if args.windows is not None:
+        rows = read_jsonl(Path(run) / "results.jsonl")
+        scores = ppl_summary(first_windows(rows, args.windows))
+      series[label] = {k: v["ppl"] for k, v in scores.items()}
   if series:
     perplexity_plot(series, out / "perplexity.png")
     print(out / "perplexity.png")
