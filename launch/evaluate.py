@@ -13,7 +13,8 @@ r"""The paper's evaluations for one checkpoint and one decoding mode.
 
 Every finished case is one line of OUT/results.jsonl and is skipped when the
 command runs again (resume); OUT/run.json records the settings and a resumed
-run must match them. OUT/summary.json holds the scores (written atomically);
+run must match them. OUT/summary.json holds the scores of every finished case in
+OUT (a later call with more lengths or seeds extends the run; written atomically);
 passkey also writes OUT/passkey.png, perplexity OUT/perplexity.png, the
 benchmarks their official pred files under OUT/longbench/ or
 OUT/infinitebench/. The last stdout line is the summary as one JSON object.
@@ -65,6 +66,13 @@ def _ints(values, name):
     raise ValueError(f"--{name} must be comma-separated integers, got {','.join(values)}") from None
 
 
+def _finished(out):
+  """Every finished case of the folder: a run extended by later calls (more lengths,
+  seeds or windows with the same settings) is scored and drawn as a whole."""
+  from focus_jax.eval.results import read_results
+  return list(read_results(out).values())
+
+
 def _passkey(setup, tok, out):
   from focus_jax.eval import passkey_grid as G
   from focus_jax.eval.driver import run_cases
@@ -79,8 +87,9 @@ def _passkey(setup, tok, out):
       raise FileNotFoundError(f"--haystack={FLAGS.haystack}: no such file")
     haystack = Path(FLAGS.haystack).read_text(encoding="utf-8", errors="replace")
   cases = G.make_cases(_ints(FLAGS.lengths, "lengths"), depths, FLAGS.seeds)
-  rows = run_cases(out, cases, lambda c: G.run_case(setup, tok, c, haystack,
-                                                    FLAGS.needle_template), "passkey")
+  run_cases(out, cases, lambda c: G.run_case(setup, tok, c, haystack, FLAGS.needle_template),
+            "passkey")
+  rows = _finished(out)
   passkey_heatmap(rows, out / "passkey.png", f"passkey: {setup.mode}")
   return G.summarize(rows)
 
@@ -97,8 +106,9 @@ def _perplexity(setup, tok, out):
   if not cases:
     raise ValueError("no document is as long as the shortest --lengths window")
   bos = setup.cfg.bos_token_id
-  rows = run_cases(out, cases, lambda c: PP.run_window(setup, ids[c["doc"]], c, bos,
-                                                       FLAGS.loss_tokens), "perplexity")
+  run_cases(out, cases, lambda c: PP.run_window(setup, ids[c["doc"]], c, bos, FLAGS.loss_tokens),
+            "perplexity")
+  rows = _finished(out)
   scores = PP.summarize(rows)
   perplexity_plot({setup.mode: {k: v["ppl"] for k, v in scores.items()}}, out / "perplexity.png")
   return scores

@@ -63,13 +63,20 @@ def test_perplexity_cli_resume_and_errors(ckpt, tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert (out / "results.jsonl").read_text().splitlines() == lines
   assert json.loads(r.stdout.strip().splitlines()[-1])["scores"] == summary["scores"]
+  # more lengths into the same folder: the summary scores the whole folder
+  r = _run(*args[:-3], "--lengths=32", *args[-2:])
+  assert r.returncode == 0, r.stderr[-2000:]
+  both = json.loads(r.stdout.strip().splitlines()[-1])["scores"]
+  assert sorted(both) == ["32", "64"] and both["64"] == summary["scores"]["64"]
+  assert both["32"]["windows"] == 3
+  lines = (out / "results.jsonl").read_text().splitlines()
   # a different setting into the same folder is refused; a corrupt line is named
   r = _run(*args[:-1], "--loss_tokens=4")
   assert r.returncode == 1 and "other settings (loss_tokens)" in r.stderr
   with open(out / "results.jsonl", "a") as f:
     f.write('{"case": \n')
   r = _run(*args)
-  assert r.returncode == 1 and "results.jsonl:4: malformed JSON" in r.stderr
+  assert r.returncode == 1 and "results.jsonl:7: malformed JSON" in r.stderr
 
 
 def test_longbench_cli_pred_file(ckpt, tmp_path):
