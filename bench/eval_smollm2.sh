@@ -29,6 +29,9 @@ HAY="$("$PY" -c "from focus_jax.train.setup import shakespeare_split as s; print
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=4096 $D5 --seeds=3
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=32768 --depths=0.5 --seeds=1
 step ppl_focus "$FOCUS_CKPT" --mode=focus --task=perplexity --lengths=4096,8192,16384 --max_windows=1
+# the same targets with only FocusLLM's local window (128 tokens) before them: FocusLLM without memory
+step ppl_plain_local128 "$BASE" --mode=plain --task=perplexity --lengths=1024,2048,4096,8192,16384 \
+    --max_windows=1 --context=128
 step plain "$BASE" --mode=plain --task=passkey --lengths=4096 $D5 --seeds=3
 step selfextend "$BASE" --mode=selfextend $SE --task=passkey --lengths=4096 $D5 --seeds=3
 step ppl_selfextend "$BASE" --mode=selfextend $SE --task=perplexity --lengths=8192,16384 --max_windows=1
@@ -42,4 +45,5 @@ step plain_play "$BASE" --mode=plain --task=passkey --haystack="$HAY" \
 step plain "$BASE" --mode=plain --task=passkey --lengths=8192 $D5 --seeds=3
 step selfextend "$BASE" --mode=selfextend $SE --task=passkey --lengths=8192,16384 $D5 --seeds=1
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=32768 $D5 --seeds=3
-step ppl_plain "$BASE" --mode=plain --task=perplexity --lengths=2048,4096,8192 --max_windows=3
+step ppl_plain "$BASE" --mode=plain --task=perplexity --lengths=1024,2048,4096,8192 --max_windows=3
+step ppl_focus "$FOCUS_CKPT" --mode=focus --task=perplexity --lengths=1024,2048 --max_windows=1

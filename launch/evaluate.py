@@ -7,6 +7,7 @@ r"""The paper's evaluations for one checkpoint and one decoding mode.
                  [--haystack=FILE --needle_template="The pass key is {key}. ..."]
   perplexity     [--data=FILE,FOLDER,X.jsonl (default: the held-out plays)] --lengths=...
                  [--stride=2048 --max_windows=100 --loss_tokens=256 --jsonl_field=text]
+                 [--context=N: control, the scored tokens see only the last N before them]
   longbench      --data_dir=DIR --datasets=narrativeqa,qasper,... [--max_length=15500
                  --limit=N --chat_template]
   infinitebench  --data_dir=DIR --datasets=passkey,number_string,... [--max_length --limit]
@@ -49,6 +50,8 @@ flags.DEFINE_string("jsonl_field", "text", "perplexity: text field of .jsonl doc
 flags.DEFINE_integer("stride", 2048, "perplexity: window stride (0: one window per document).")
 flags.DEFINE_integer("max_windows", 100, "perplexity: windows per length at most.")
 flags.DEFINE_integer("loss_tokens", 256, "perplexity: scored tokens at the end of each window.")
+flags.DEFINE_integer("context", None, "perplexity: a control run; the scored tokens see only "
+                     "BOS and the last N tokens before them (default: the whole window).")
 flags.DEFINE_string("data_dir", None, "longbench / infinitebench: folder of <dataset>.jsonl.")
 flags.DEFINE_list("datasets", None, "longbench / infinitebench: datasets (default: all English "
                   "LongBench sets / the six InfiniteBench tasks of the paper).")
@@ -106,8 +109,10 @@ def _perplexity(setup, tok, out):
   if not cases:
     raise ValueError("no document is as long as the shortest --lengths window")
   bos = setup.cfg.bos_token_id
-  run_cases(out, cases, lambda c: PP.run_window(setup, ids[c["doc"]], c, bos, FLAGS.loss_tokens),
-            "perplexity")
+  if FLAGS.context is not None and FLAGS.context < 1:
+    raise ValueError(f"--context must be >= 1, got {FLAGS.context}")
+  run_cases(out, cases, lambda c: PP.run_window(setup, ids[c["doc"]], c, bos, FLAGS.loss_tokens,
+                                                FLAGS.context), "perplexity")
   rows = _finished(out)
   scores = PP.summarize(rows)
   perplexity_plot({setup.mode: {k: v["ppl"] for k, v in scores.items()}}, out / "perplexity.png")
@@ -189,6 +194,8 @@ def evaluate():
     settings.update(haystack=FLAGS.haystack, needle_template=FLAGS.needle_template)
   elif FLAGS.task == "perplexity":
     settings.update(data=FLAGS.data, stride=FLAGS.stride, loss_tokens=FLAGS.loss_tokens)
+    if FLAGS.context is not None:   # absent from older runs' run.json: they stay resumable
+      settings.update(context=FLAGS.context)
   else:
     settings.update(data_dir=os.path.abspath(FLAGS.data_dir or ""), max_length=FLAGS.max_length,
                     chat_template=FLAGS.chat_template)

@@ -79,6 +79,24 @@ def test_perplexity_matches_full_forward(model, tmp_path, mode):
     assert s[str(length)]["windows"] == (3 if length == 48 else 1)
 
 
+def test_perplexity_truncated_context_control(model):
+  """context=C: the same targets, scored after BOS and the C window tokens before them."""
+  rng = np.random.default_rng(1)
+  doc = rng.integers(3, 300, size=100).tolist()
+  setup = ModeSetup("plain", model)
+  case = {"length": 64, "doc": 0, "start": 10}
+  row = PP.run_window(setup, doc, case, 1, 8, context=5)
+  targets = doc[10 + 63 - 8:10 + 63]
+  window = [1] + doc[10 + 63 - 8 - 5:10 + 63 - 8] + targets
+  assert len(window) == 14
+  np.testing.assert_allclose(row["nll"], -_ref_logprobs(model, window, 8).sum(), rtol=1e-4)
+  full = PP.run_window(setup, doc, case, 1, 8)
+  assert PP.run_window(setup, doc, case, 1, 8, context=1000)["nll"] == pytest.approx(full["nll"])
+  assert abs(row["nll"] - full["nll"]) > 1e-3
+  with pytest.raises(ValueError, match="context"):
+    PP.run_window(setup, doc, case, 1, 8, context=0)
+
+
 def test_focus_perplexity_is_exact_decoding_teacher_forced():
   focus_model = tiny_model()
   fc = FocusConfig(chunk_size=16, local_window=12, fragment_len=6, min_focus_len=20)

@@ -14,6 +14,10 @@ earlier targets forced as generated tokens (focus_jax.eval.runner
 the targets before it, as exact generation does. The cost is one exact decoding
 step per target (a chunk update of every chunk plus a local recomputation),
 i.e. 256 steps per window, against one forward for plain and SelfExtend.
+
+--context=C (a control, any mode) scores the same targets with only BOS and
+the last C tokens before them as the prompt: plain at C = FocusLLM's local
+window is FocusLLM without its memory.
 """
 from __future__ import annotations
 
@@ -80,10 +84,18 @@ def window_ids(doc, start: int, length: int, bos: int):
   return [bos] + [int(t) for t in doc[start:start + length - 1]]
 
 
-def run_window(setup, doc, case: dict, bos: int, loss_tokens: int) -> dict:
+def run_window(setup, doc, case: dict, bos: int, loss_tokens: int,
+               context: int | None = None) -> dict:
+  """The window's loss. context=C: a control run in which the targets see only BOS and
+  the last C window tokens before them (the same targets, a truncated context)."""
   from focus_jax.eval import runner
   ids = window_ids(doc, case["start"], case["length"], bos)
-  lp = runner.token_logprobs(setup, ids[:-loss_tokens], ids[-loss_tokens:])
+  prompt = ids[:-loss_tokens]
+  if context is not None:
+    if context < 1:
+      raise ValueError(f"context must be >= 1, got {context}")
+    prompt = [bos] + prompt[1:][-context:]
+  lp = runner.token_logprobs(setup, prompt, ids[-loss_tokens:])
   return {"length": case["length"], "doc": case["doc"], "start": case["start"],
           "nll": float(-lp.sum()), "tokens": int(lp.size)}
 
