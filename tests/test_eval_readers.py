@@ -156,3 +156,5 @@ def test_plots_first_windows_compare_runs_on_the_same_text(tmp_path):
     plots.perplexity_plot = orig
   assert seen["smol plain"]["8"] == pytest.approx(math.exp(1.0 / 2))
   assert seen["smol plain"]["4"] == pytest.approx(math.exp(3.0 / 2))
+  assert plots.run_label({"settings": {"checkpoint": "/x/smol", "mode": "plain",
+                                       "context": 128}}) == "smol plain context=128"

@@ -32,6 +32,8 @@ def run_label(summary: dict) -> str:
                                                   else "")
   if s.get("mode") == "focus":
     extra = f" S={s.get('chunk_size')} Wl={s.get('local_window')}"
+  if s.get("context") is not None:
+    extra += f" context={s['context']}"
   return f"{name} {s.get('mode', '?')}{extra}"
 
 
