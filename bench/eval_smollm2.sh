@@ -47,3 +47,5 @@ step selfextend "$BASE" --mode=selfextend $SE --task=passkey --lengths=8192,1638
 step focus "$FOCUS_CKPT" --mode=focus --task=passkey --lengths=32768 $D5 --seeds=3
 step ppl_plain "$BASE" --mode=plain --task=perplexity --lengths=1024,2048,4096,8192 --max_windows=3
 step ppl_focus "$FOCUS_CKPT" --mode=focus --task=perplexity --lengths=1024,2048 --max_windows=1
+step selfextend "$BASE" --mode=selfextend $SE --task=passkey --lengths=32768 --depths=0.5 --seeds=1
+step ppl_selfextend "$BASE" --mode=selfextend $SE --task=perplexity --lengths=32768 --max_windows=1
