@@ -38,17 +38,20 @@ def run_label(summary: dict) -> str:
 
 
 def passkey_heatmap(rows, path, title: str = "passkey") -> None:
-  """Accuracy per (length, depth) cell: mean over seeds; missing cells blank."""
+  """Accuracy per (length, depth) cell (colour: mean over seeds; text: correct / cases);
+  missing cells blank."""
   import numpy as np
   plt = _plt()
   lengths = sorted({r["length"] for r in rows})
   depths = sorted({r["depth"] for r in rows})
   acc = np.full((len(depths), len(lengths)), np.nan)
+  text = {}
   for i, d in enumerate(depths):
     for j, n in enumerate(lengths):
       v = [r["correct"] for r in rows if r["length"] == n and r["depth"] == d]
       if v:
         acc[i, j] = sum(v) / len(v)
+        text[i, j] = f"{sum(v)}/{len(v)}"
   fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(lengths), 1.2 + 0.6 * len(depths)))
   im = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
   ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n % 1024 == 0 else str(n)
@@ -56,10 +59,8 @@ def passkey_heatmap(rows, path, title: str = "passkey") -> None:
   ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
   ax.set_xlabel("prompt length (tokens)")
   ax.set_ylabel("key depth")
-  for i in range(len(depths)):
-    for j in range(len(lengths)):
-      if not np.isnan(acc[i, j]):
-        ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=8)
+  for (i, j), label in text.items():   # correct / cases (seeds) of the cell
+    ax.text(j, i, label, ha="center", va="center", fontsize=8)
   fig.colorbar(im, ax=ax, label="accuracy")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
