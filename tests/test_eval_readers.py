@@ -123,6 +123,17 @@ def test_report_table_and_heatmap(tmp_path):
       "|---|---|---|---|---|---|",
       "| smol plain | 100% | 0% | 50% | 12.35 |  |",
       "| smol selfextend W=1024 |  |  |  |  | 7.50 |"]
+  # a haystack run of the same model and mode is its own row; a second run giving
+  # the same cell is refused
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "summary.json").write_text(json.dumps(
+      {"task": "passkey", "settings": {"checkpoint": "/x/smol", "mode": "plain",
+                                        "haystack": "/h/play.txt"},
+       "scores": {"accuracy": 0.0, "by_length": {"4096": 0.0}}}))
+  assert table([tmp_path / n for n in "ad"]).splitlines()[2:] == [
+      "| smol plain | 100% | 0% | 50% |", "| smol plain haystack=play.txt | 0% |  | 0% |"]
+  with pytest.raises(ValueError, match="both give 'passkey 4096'"):
+    table([tmp_path / "a", tmp_path / "a"])
   rows = [{"length": n, "depth": d, "correct": c} for n, d, c in
           [(4096, 0.0, True), (4096, 1.0, False), (8192, 0.0, True)]]
   passkey_heatmap(rows, tmp_path / "h.png")

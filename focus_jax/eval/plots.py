@@ -34,6 +34,9 @@ def run_label(summary: dict) -> str:
     extra = f" S={s.get('chunk_size')} Wl={s.get('local_window')}"
   if s.get("context") is not None:
     extra += f" context={s['context']}"
+  for key in ("haystack", "data"):   # other text than the default: its own row / line
+    if s.get(key):
+      extra += f" {key}={Path(str(s[key]).split(',')[0]).name}"
   return f"{name} {s.get('mode', '?')}{extra}"
 
 

@@ -2,7 +2,9 @@
 
   python -m focus_jax.eval.report OUT_DIR...
 
-Rows: checkpoint and mode (with its settings); columns: the task scores found
+Rows: checkpoint and mode (with its settings, and the haystack or data when not the
+default); the runs of one row fill its columns, two runs may not give the same one.
+Columns: the task scores found
 in each run's summary.json (passkey accuracy per length and overall,
 perplexity per window length, LongBench / InfiniteBench per dataset).
 """
@@ -56,12 +58,16 @@ def table(run_dirs) -> str:
     label = run_label(summary)
     row = rows.setdefault(label, {})
     for col, v in columns(summary).items():
-      row[col] = v
+      if col in row:
+        raise ValueError(f"{row[col][1]} and {d} both give '{col}' for '{label}' "
+                         "(the same checkpoint, mode and settings): report one of them")
+      row[col] = (v, d)
       if col not in order:
         order.append(col)
   lines = ["| run | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
   for label, row in rows.items():
-    lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c), c) for c in order) + " |")
+    lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c, (None,))[0], c) for c in order)
+                 + " |")
   return "\n".join(lines)
 
 
