@@ -11,6 +11,12 @@ r"""The paper's evaluations for one checkpoint and one decoding mode.
   longbench      --data_dir=DIR --datasets=narrativeqa,qasper,... [--max_length=15500
                  --limit=N --chat_template]
   infinitebench  --data_dir=DIR --datasets=passkey,number_string,... [--max_length --limit]
+                 or --synthetic --lengths=... [--datasets=passkey,number_string,kv_retrieval,
+                 math_find --seeds=N]: InfiniteBench's synthetic tasks generated at each length
+                 (N samples; files under OUT/infinitebench_data/LENGTH/)
+  ruler          --lengths=4096,8192 [--ruler_tasks=niah_single_1,...,vt,cwe,fwe --seeds=N
+                 --haystack=FILE (essay tasks; default the Shakespeare plays)]: RULER's
+                 synthetic tasks, N samples per task and length; OUT/ruler.png
 
 Every finished case is one line of OUT/results.jsonl and is skipped when the
 command runs again (resume); OUT/run.json records the settings and a resumed
@@ -33,7 +39,7 @@ from absl import app, flags
 from launch import modes
 
 FLAGS = flags.FLAGS
-TASKS = ("passkey", "perplexity", "longbench", "infinitebench")
+TASKS = ("passkey", "perplexity", "longbench", "infinitebench", "ruler")
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint directory (launch.convert output).")
 flags.DEFINE_string("task", None, f"One of {', '.join(TASKS)}.")
 flags.DEFINE_string("out", None, "Output folder (created; an existing one is resumed).")
@@ -58,6 +64,11 @@ flags.DEFINE_list("datasets", None, "longbench / infinitebench: datasets (defaul
 flags.DEFINE_integer("max_length", 15500, "longbench / infinitebench: prompt tokens at most "
                      "(cut from the middle).")
 flags.DEFINE_integer("limit", None, "longbench / infinitebench: first N samples per dataset.")
+flags.DEFINE_list("ruler_tasks", None, "ruler: tasks (default: all of RULER's synthetic "
+                  "tasks: niah_*, vt, cwe, fwe).")
+flags.DEFINE_boolean("synthetic", False, "infinitebench: generate passkey, number_string, "
+                     "kv_retrieval and math_find at each --lengths (--seeds samples) instead "
+                     "of reading --data_dir.")
 flags.DEFINE_boolean("chat_template", False, "longbench: wrap prompts in the tokenizer's chat "
                      "template (not for trec, triviaqa, samsum, lsht, lcc, repobench-p).")
 
@@ -76,6 +87,64 @@ def _finished(out):
   return list(read_results(out).values())
 
 
+def _haystack_text():
+  """--haystack's text, or None."""
+  if not FLAGS.haystack:
+    return None
+  if not os.path.isfile(FLAGS.haystack):
+    raise FileNotFoundError(f"--haystack={FLAGS.haystack}: no such file")
+  return Path(FLAGS.haystack).read_text(encoding="utf-8", errors="replace")
+
+
+def _ruler(setup, tok, out):
+  from focus_jax.eval import ruler as R
+  from focus_jax.eval.driver import run_cases
+  from focus_jax.eval.plots import ruler_heatmap
+  tasks = R.parse_tasks(FLAGS.ruler_tasks)
+  haystack = _haystack_text()
+  if haystack is None and any(R.needs_essay(t) for t in tasks):
+    from focus_jax import assets
+    haystack = assets.shakespeare_text()
+  cases = R.make_cases(tasks, _ints(FLAGS.lengths, "lengths"), FLAGS.seeds)
+  run_cases(out, cases, lambda c: R.run_case(setup, tok, c, haystack), "ruler")
+  scores = R.summarize(_finished(out))
+  ruler_heatmap(scores["by_task"], out / "ruler.png", f"RULER: {setup.mode}")
+  return scores
+
+
+def _ib_synthetic(setup, tok, out):
+  from focus_jax.eval import infinitebench as IB
+  from focus_jax.eval import infinitebench_synth as S
+  from focus_jax.eval.driver import run_cases
+  from focus_jax.eval.results import write_jsonl
+  names, lengths = FLAGS.datasets or list(S.TASKS), _ints(FLAGS.lengths, "lengths")
+  data = {}
+  for n in lengths:   # generated (or checked) before the first model call
+    folder = out / "infinitebench_data" / str(n)
+    S.write_tasks(folder, tok, names, n, FLAGS.seeds)
+    data[n] = {name: IB.read_task(folder, name) for name in names}
+
+  def run(c):
+    eg = data[c["length"]][c["dataset"]][c["index"]]
+    return {"dataset": c["dataset"], "length": c["length"], "index": c["index"],
+            **IB.predict(setup, tok, c["dataset"], eg, c["length"])}
+
+  cases = [{"case": f"{name}/L={n}/{i}", "dataset": name, "length": n, "index": i}
+           for name in names for n in lengths for i in range(FLAGS.seeds)]
+  run_cases(out, cases, run, "infinitebench")
+  rows, scores = _finished(out), {}
+  for name in names:
+    for n in sorted({r["length"] for r in rows if r["dataset"] == name}):
+      mine = [r for r in rows if r["dataset"] == name and r["length"] == n]
+      every = (data[n][name] if n in data   # else a length of an earlier call, in OUT
+               else IB.read_task(out / "infinitebench_data" / str(n), name))
+      egs = [every[r["index"]] for r in mine]
+      write_jsonl(out / "infinitebench" / str(n) / f"preds_{name}.jsonl",
+                  [IB.pred_row(name, eg, r["pred"], r["index"]) for r, eg in zip(mine, egs)])
+      scores.setdefault(name, {})[str(n)] = IB.score(name, egs, [r["pred"] for r in mine])
+  return scores
+
+
 def _passkey(setup, tok, out):
   from focus_jax.eval import passkey_grid as G
   from focus_jax.eval.driver import run_cases
@@ -84,11 +153,7 @@ def _passkey(setup, tok, out):
     depths = [float(d) for d in FLAGS.depths]
   except ValueError:
     raise ValueError(f"--depths must be numbers, got {','.join(FLAGS.depths)}") from None
-  haystack = None
-  if FLAGS.haystack:
-    if not os.path.isfile(FLAGS.haystack):
-      raise FileNotFoundError(f"--haystack={FLAGS.haystack}: no such file")
-    haystack = Path(FLAGS.haystack).read_text(encoding="utf-8", errors="replace")
+  haystack = _haystack_text()
   cases = G.make_cases(_ints(FLAGS.lengths, "lengths"), depths, FLAGS.seeds)
   run_cases(out, cases, lambda c: G.run_case(setup, tok, c, haystack, FLAGS.needle_template),
             "passkey")
@@ -164,9 +229,7 @@ def _bench(setup, tok, out, which):
     else:
       write_jsonl(out / "infinitebench" / f"preds_{name}.jsonl",
                   [IB.pred_row(name, eg, r["pred"], r["index"]) for r, eg in zip(mine, egs)])
-      vals = [metrics.infinitebench_score_one(name, r["pred"], IB.label(name, eg))
-              for r, eg in zip(mine, egs)]
-      scores[name] = round(100 * sum(vals) / len(vals), 2) if vals else None
+      scores[name] = IB.score(name, egs, [r["pred"] for r in mine])
   return scores
 
 
@@ -179,6 +242,8 @@ def evaluate():
       raise app.UsageError(f"--{name} is required")
   if FLAGS.task not in TASKS:
     raise app.UsageError(f"unknown --task={FLAGS.task}; available: {', '.join(TASKS)}")
+  if FLAGS.synthetic and FLAGS.task != "infinitebench":
+    raise app.UsageError("--synthetic is for --task=infinitebench")
   if not os.path.isdir(FLAGS.checkpoint):
     raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such folder")
   t0 = time.time()
@@ -196,6 +261,10 @@ def evaluate():
     settings.update(data=FLAGS.data, stride=FLAGS.stride, loss_tokens=FLAGS.loss_tokens)
     if FLAGS.context is not None:   # absent from older runs' run.json: they stay resumable
       settings.update(context=FLAGS.context)
+  elif FLAGS.task == "ruler":
+    settings.update(haystack=FLAGS.haystack)
+  elif FLAGS.synthetic:
+    settings.update(synthetic=True)
   else:
     settings.update(data_dir=os.path.abspath(FLAGS.data_dir or ""), max_length=FLAGS.max_length,
                     chat_template=FLAGS.chat_template)
@@ -204,6 +273,10 @@ def evaluate():
     scores = _passkey(setup, tok, out)
   elif FLAGS.task == "perplexity":
     scores = _perplexity(setup, tok, out)
+  elif FLAGS.task == "ruler":
+    scores = _ruler(setup, tok, out)
+  elif FLAGS.synthetic:
+    scores = _ib_synthetic(setup, tok, out)
   else:
     scores = _bench(setup, tok, out, FLAGS.task)
   summary = {"task": FLAGS.task, "settings": settings, "scores": scores,

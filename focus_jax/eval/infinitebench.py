@@ -90,5 +90,21 @@ def prompt_ids(tokenizer, task: str, eg: dict, max_length: int) -> list[int]:
   return truncate_middle(tokenizer(build_prompt(task, eg))["input_ids"], max_length)
 
 
+def predict(setup, tokenizer, task: str, eg: dict, max_length: int) -> dict:
+  """The model's answer to one sample: {"prompt_tokens", "pred"} (greedy, the task's limit)."""
+  from focus_jax.eval import runner
+  ids = prompt_ids(tokenizer, task, eg, max_length)
+  gen = runner.generate(setup, ids, MAX_NEW_TOKENS[task], eos_ids=list(setup.cfg.eos_token_ids))
+  return {"prompt_tokens": len(ids),
+          "pred": tokenizer.decode([int(t) for t in gen.tokens], skip_special_tokens=True)}
+
+
+def score(task: str, egs, preds):
+  """The official score of a task's predictions (0-100; None without samples)."""
+  from focus_jax.eval import metrics
+  vals = [metrics.infinitebench_score_one(task, p, label(task, eg)) for p, eg in zip(preds, egs)]
+  return round(100 * sum(vals) / len(vals), 2) if vals else None
+
+
 def pred_row(task: str, eg: dict, prediction: str, index: int) -> dict:
   return {"id": eg.get("id", index), "prediction": prediction, "ground_truth": label(task, eg)}

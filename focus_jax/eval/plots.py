@@ -3,7 +3,7 @@
   python -m focus_jax.eval.plots --out=docs/figures RUN_DIR...
 
 Writes passkey_<name>.png (length x depth accuracy heatmap) for each passkey
-run and perplexity.png (perplexity vs window length, one line per run) for
+run, ruler_<name>.png (task x length score heatmap) for each RULER run and perplexity.png (perplexity vs window length, one line per run) for
 the perplexity runs. launch.evaluate draws the run's own figure as it ends.
 --windows=N draws every perplexity run from the first N windows of each
 length (in the order of the protocol: document, then start), so runs made with
@@ -71,6 +71,37 @@ def passkey_heatmap(rows, path, title: str = "passkey") -> None:
   plt.close(fig)
 
 
+def _length_label(n: int) -> str:
+  return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def ruler_heatmap(by_task: dict, path, title: str = "RULER") -> None:
+  """RULER's score (0-100) per (task, length) cell, the value written in it; missing blank."""
+  import numpy as np
+  plt = _plt()
+  tasks = list(by_task)
+  lengths = sorted({int(n) for c in by_task.values() for n in c})
+  acc = np.full((len(tasks), len(lengths)), np.nan)
+  for i, t in enumerate(tasks):
+    for j, n in enumerate(lengths):
+      if str(n) in by_task[t]:
+        acc[i, j] = by_task[t][str(n)]
+  fig, ax = plt.subplots(figsize=(2.4 + 1.1 * len(lengths), 1.2 + 0.45 * len(tasks)))
+  im = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+  ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths])
+  ax.set_yticks(range(len(tasks)), tasks)
+  ax.set_xlabel("prompt length (tokens)")
+  for i in range(len(tasks)):
+    for j in range(len(lengths)):
+      if not np.isnan(acc[i, j]):
+        ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=8)
+  fig.colorbar(im, ax=ax, label="score")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def perplexity_plot(series: dict, path) -> None:
   """series: label -> {length: ppl}; log-scale length axis."""
   plt = _plt()
@@ -125,6 +156,10 @@ def main(argv=None):
       name = Path(run).name
       passkey_heatmap(rows, out / f"passkey_{name}.png", f"passkey: {label}")
       print(out / f"passkey_{name}.png")
+    elif summary["task"] == "ruler":
+      name = Path(run).name
+      ruler_heatmap(summary["scores"]["by_task"], out / f"ruler_{name}.png", f"RULER: {label}")
+      print(out / f"ruler_{name}.png")
     elif summary["task"] == "perplexity":
       scores = summary["scores"]
       if args.windows is not None:
