@@ -215,4 +215,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from launch.console import resolve_config_argv
+  sys.argv = resolve_config_argv(sys.argv)
   app.run(main)
