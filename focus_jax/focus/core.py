@@ -9,6 +9,7 @@ A chunk row is a LEFT-padded token row [C] whose last token is the candidate
                  the candidate (candidate projections). Its per-layer K/V are
                  the row's memory entry and are NOT kept; the t-1 others are
                  appended to the cache.
+  chunk_step_streamed  the same over fixed-size row batches (O(batch) temporaries).
   local_forward  the local tokens attending to the memory (entries at RoPE
                  positions 0..n-1, visible to every local token) and causally
                  to themselves (positions n, n+1, ...).
@@ -102,6 +103,21 @@ def append(cache: KVCache, k, v, pos, valid) -> KVCache:
       i + k.shape[2])
 
 
+def cache_rows(cache: KVCache, start, size: int) -> KVCache:
+  """Rows [start, start + size) of a chunk KVCache (the same index)."""
+  sl = lambda x, ax: jax.lax.dynamic_slice_in_dim(x, start, size, ax)
+  return KVCache(sl(cache.k, 1), sl(cache.v, 1), sl(cache.pos, 0), sl(cache.order, 0),
+                 sl(cache.valid, 0), cache.index)
+
+
+def put_rows(cache: KVCache, rows: KVCache, start) -> KVCache:
+  """`cache` with rows [start, start + n) replaced by the n rows of `rows` (cast to the
+  cache's dtypes, e.g. a compact bfloat16 cache); the index stays `cache.index`."""
+  upd = lambda buf, x, ax: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), start, ax)
+  return KVCache(upd(cache.k, rows.k, 1), upd(cache.v, rows.v, 1), upd(cache.pos, rows.pos, 0),
+                 upd(cache.order, rows.order, 0), upd(cache.valid, rows.valid, 0), cache.index)
+
+
 def chunk_step(model, cache: KVCache, tokens, valid, attn: AttnOptions = AttnOptions()):
   """Runs t new tokens per row [n, t] on top of `cache`; the last one is the candidate.
 
@@ -124,6 +140,38 @@ def chunk_step(model, cache: KVCache, tokens, valid, attn: AttnOptions = AttnOpt
   if t > 1:
     cache = append(cache, k[:, :, :-1], v[:, :, :-1], pos[:, :-1], valid[:, :-1])
   return k[:, :, -1], v[:, :, -1], cache
+
+
+def chunk_step_streamed(model, cache: KVCache, tokens, valid, rows: int, n_batches=None,
+                        attn: AttnOptions = AttnOptions()):
+  """`chunk_step` run over batches of `rows` rows in a loop inside the trace.
+
+  Each batch reads its rows of the cache (upcast to the compute dtype per
+  layer, as in chunk_step), runs and writes them back in place, so the
+  temporaries are O(rows), not O(n), whatever the cache's length. n_batches:
+  how many leading batches run (may be traced; default all): the others keep
+  their cache and give zero entries (all-padding rows, masked by the caller).
+  Returns what chunk_step returns.
+  """
+  n, t = tokens.shape
+  if valid.shape != (n, t) or t < 1 or rows < 1 or n % rows:
+    raise ValueError(f"tokens [n, t >= 1] with n a multiple of rows ({rows}) and valid must "
+                     f"match, got {tokens.shape}, {valid.shape}")
+  cfg = model.config
+  mem_shape = (cfg.num_layers, n, cfg.num_kv_heads, cfg.head_dim)
+
+  def body(j, carry):
+    cache, mem_k, mem_v = carry
+    r0 = j * rows
+    pick = lambda x: jax.lax.dynamic_slice_in_dim(x, r0, rows, 0)
+    k, v, sub = chunk_step(model, cache_rows(cache, r0, rows), pick(tokens), pick(valid), attn)
+    put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r0, 1)
+    return put_rows(cache, sub, r0), put(mem_k, k), put(mem_v, v)
+
+  init = (cache, jnp.zeros(mem_shape, cfg.dtype), jnp.zeros(mem_shape, cfg.dtype))
+  cache, mem_k, mem_v = jax.lax.fori_loop(0, n // rows if n_batches is None else n_batches,
+                                          body, init)
+  return mem_k, mem_v, cache._replace(index=cache.index + (t - 1))
 
 
 def fused_candidates(model, tokens, valid, *, groups: int = 0,

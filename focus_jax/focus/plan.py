@@ -39,6 +39,18 @@ def round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+def row_batch(n_rows: int, multiple: int, at_most: int) -> int:
+  """The largest multiple of `multiple` that divides n_rows and is <= max(at_most, multiple).
+
+  n_rows must be a multiple of `multiple` (a plan laid out with row_multiple);
+  the rows then split into equal batches of the result.
+  """
+  if multiple < 1 or n_rows % multiple:
+    raise ValueError(f"n_rows ({n_rows}) must be a positive multiple of {multiple}")
+  k, cap = n_rows // multiple, max(at_most, multiple) // multiple
+  return multiple * max(d for d in range(1, min(k, cap) + 1) if k % d == 0)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ChunkPlan:
   """The static layout of one FocusLLM prefill (all numpy, host side)."""

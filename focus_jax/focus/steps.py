@@ -40,12 +40,19 @@ def cache_shardings(mesh) -> KVCache:
 
 
 @functools.lru_cache(maxsize=None)
-def alloc_fn(cfg: ModelConfig, mesh, n_rows: int, size: int, index: int, keep: bool):
-  """() -> (cache or None, mem_k, mem_v): empty, sharded buffers for n_rows chunk rows."""
+def alloc_fn(cfg: ModelConfig, mesh, n_rows: int, size: int, index: int, keep: bool,
+             cache_dtype: str | None = None):
+  """() -> (cache or None, mem_k, mem_v): empty, sharded buffers for n_rows chunk rows.
+
+  cache_dtype: the chunk cache's K/V storage (e.g. "bfloat16", half the bytes;
+  every step upcasts what it reads to the compute dtype); default the compute
+  dtype. The memory entries stay in the compute dtype.
+  """
   mem_shape = (cfg.num_layers, n_rows, cfg.num_kv_heads, cfg.head_dim)
 
   def alloc():
-    cache = init_cache(cfg, n_rows, size)._replace(index=jnp.asarray(index, jnp.int32))
+    cache = init_cache(cfg, n_rows, size, cache_dtype)._replace(
+        index=jnp.asarray(index, jnp.int32))
     zeros = jnp.zeros(mem_shape, cfg.dtype)
     return (cache if keep else None), zeros, zeros
 
@@ -77,9 +84,7 @@ def encode_fn(graphdef, mesh, batch: int, keep: bool, attn: AttnOptions = AttnOp
     mem_k = jax.lax.dynamic_update_slice_in_dim(mem_k, mk.astype(mem_k.dtype), r0, 1)
     mem_v = jax.lax.dynamic_update_slice_in_dim(mem_v, mv.astype(mem_v.dtype), r0, 1)
     if keep:
-      upd = lambda buf, x, ax: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r0, ax)
-      cache = KVCache(upd(cache.k, pc.k, 1), upd(cache.v, pc.v, 1), upd(cache.pos, pc.pos, 0),
-                      upd(cache.order, pc.order, 0), upd(cache.valid, pc.valid, 0), cache.index)
+      cache = core.put_rows(cache, pc, r0)
     return cache, mem_k, mem_v
 
   rows, mem = spec(mesh, CHUNK), spec(mesh, None, CHUNK)
@@ -132,32 +137,48 @@ def local_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
 
 
 @functools.lru_cache(maxsize=None)
-def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
+def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions(), step_rows: int = 0):
   """One exact generation step.
 
-  (state, cache, row_valid, pair [2] = [prev, y_t], mem_pos, local, local_valid)
-  -> (logits [V], cache): every chunk row runs [prev, y_t] on its cache (prev
-  appended, y_t the new candidate), the memory is rebuilt from the new
-  candidates and the local tokens are recomputed on it. The cache is donated.
+  (state, cache, row_valid, pair [2] = [prev, y_t], mem_pos, local, local_valid
+  [, n_batches]) -> (logits [V], cache): every chunk row runs [prev, y_t] on its
+  cache (prev appended, y_t the new candidate), the memory is rebuilt from the
+  new candidates and the local tokens are recomputed on it. The cache is donated.
+
+  step_rows > 0 (a multiple of the chunk-axis size): the rows run in batches of
+  step_rows (core.chunk_step_streamed), so the step's temporaries do not grow
+  with the number of rows; n_batches (default all) is how many leading batches
+  of each device's rows hold real chunks. 0: all rows in one call.
   """
   rows = spec(mesh, CHUNK)
+  shards = axis_size(mesh, CHUNK)
+  if step_rows % shards:
+    raise ValueError(f"step_rows {step_rows} must be a multiple of the chunk axis size {shards}")
+  per_dev = step_rows // shards
 
-  def chunks(specs, state, cache, row_valid, pair):
+  def chunks(specs, state, cache, row_valid, pair, n_batches):
     n = row_valid.shape[0]
     toks = jnp.broadcast_to(pair[None, :], (n, 2))
     val = jnp.broadcast_to(row_valid[:, None], (n, 2))
     model = parallel.merge_shards(graphdef, (state,), specs)
-    mem_k, mem_v, cache = core.chunk_step(model, cache, toks, val, attn)
+    if per_dev and per_dev < n:
+      mem_k, mem_v, cache = core.chunk_step_streamed(model, cache, toks, val, per_dev,
+                                                     n_batches, attn)
+    else:
+      mem_k, mem_v, cache = core.chunk_step(model, cache, toks, val, attn)
     return cache, mem_k, mem_v
 
   mem = spec(mesh, None, CHUNK)
 
-  def fn(state, cache, row_valid, pair, mem_pos, local, local_valid):
+  def fn(state, cache, row_valid, pair, mem_pos, local, local_valid, n_batches=None):
     sspec, specs = _state_specs(state, mesh)
+    if n_batches is None:
+      n_batches = cache.valid.shape[0] // max(step_rows, 1)
+    n_batches = jnp.asarray(n_batches, jnp.int32)
     sharded = shard(functools.partial(chunks, specs), mesh,
-                    in_specs=(sspec, cache_specs(mesh), rows, P()),
+                    in_specs=(sspec, cache_specs(mesh), rows, P(), P()),
                     out_specs=(cache_specs(mesh), mem, mem))
-    cache, mem_k, mem_v = sharded(state, cache, row_valid, pair)
+    cache, mem_k, mem_v = sharded(state, cache, row_valid, pair, n_batches)
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
     logits = _local_logits(nnx.merge(graphdef, state), mem_k, mem_v, row_valid, mem_pos, local,
                            local_valid, attn)

@@ -1,0 +1,170 @@
+"""FocusLLM exact decoding with a compact (bfloat16) chunk cache and row-batched steps.
+
+The bfloat16 cache is checked against an independent computation: the float32
+path whose cache is rounded to bfloat16 after every write (equal within 1e-6:
+the compact path must compute in float32 on exactly those values), and against
+the plain float32 path within a bound from bfloat16's rounding. The row-batched
+exact step is checked against the one-call step and the plain loop reference
+of focus_reference.py, and its compiled temporaries against the row count.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax import nnx
+from focus_reference import TINY, reference_focus, tiny_model
+
+from focus_jax.config import FocusConfig
+from focus_jax.focus import steps as P_
+from focus_jax.focus.inference import LOCAL_BUCKET, _left_pad, encode_chunks, generate_focus
+from focus_jax.focus.plan import make_plan, round_up, row_batch
+from focus_jax.model.llama import init_cache
+from focus_jax.parallel import make_mesh
+
+S, WL, F, T = 16, 24, 8, 40
+FC = FocusConfig(chunk_size=S, local_window=WL, fragment_len=F, min_focus_len=T)
+STEPS = 4
+N_CHUNKS = 9   # 10 rows after bucketing: the last one is all padding
+
+
+@pytest.fixture(scope="module")
+def model():
+  return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def x():
+  rng = np.random.default_rng(11)
+  return rng.integers(TINY.bos_token_id + 1, TINY.vocab_size, WL + N_CHUNKS * S).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def run(model, x):
+  """generate_focus(model, x, STEPS, **kw) -> (Generation, timings), memoised per kw."""
+  @functools.lru_cache(maxsize=None)
+  def go(**kw):
+    tm = {}
+    return generate_focus(model, x, STEPS, focus=FC, stop_at_eos=False, timings=tm, **kw), tm
+  return lambda **kw: go(**kw)
+
+
+def test_row_batch():
+  assert [row_batch(10, 1, r) for r in (1, 2, 3, 4, 5, 9, 10, 512)] == [1, 2, 2, 2, 5, 5, 10, 10]
+  assert row_batch(3584, 1, 512) == 512 and row_batch(24, 4, 10) == 8 and row_batch(8, 4, 1) == 4
+  with pytest.raises(ValueError):
+    row_batch(10, 4, 8)
+
+
+def test_float32_cache_is_the_default_path(run):
+  base, tm = run()
+  f32, tm32 = run(cache_dtype="float32")
+  np.testing.assert_array_equal(f32.logits, base.logits)
+  assert tm["cache_bytes"] == tm32["cache_bytes"] > 0
+
+
+def test_bfloat16_cache_equals_float32_on_the_rounded_cache(model, x, run):
+  """Independent path: float32 buffers, rounded to bfloat16 before every step reads them."""
+  gen, tm = run(cache_dtype="bfloat16")
+  assert tm["cache_bytes"] * 2 == run()[1]["cache_bytes"]
+  rnd = lambda c: c._replace(k=c.k.astype(jnp.bfloat16).astype(jnp.float32),
+                             v=c.v.astype(jnp.bfloat16).astype(jnp.float32))
+  mesh = make_mesh(None)
+  plan = make_plan(x, TINY, FC, row_multiple=1)
+  size = round_up(plan.row_len - 1 + STEPS - 1, 16)
+  cache, mem_k, mem_v, mem_valid, mem_pos = encode_chunks(model, plan, mesh, 1, keep_cache=True,
+                                                          cache_size=size)
+  assert cache.k.dtype == jnp.float32
+  graphdef, state = nnx.split(model)
+  local = [int(t) for t in plan.local]
+  toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
+  rows = [P_.local_fn(graphdef, mesh)(state, mem_k, mem_v, mem_valid, mem_pos, toks, val)]
+  step = P_.exact_step_fn(graphdef, mesh)
+  prev = local[-1]
+  for tok in gen.tokens[:-1].tolist():
+    local.append(tok)
+    toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
+    logits, cache = step(state, rnd(cache), mem_valid, jnp.asarray([prev, tok], jnp.int32),
+                         mem_pos, toks, val)
+    rows.append(logits)
+    prev = tok
+  np.testing.assert_allclose(gen.logits, np.stack(rows), atol=1e-6, rtol=0)
+
+
+def test_bfloat16_cache_close_to_float32(run):
+  """bfloat16 keeps 8 significant bits: each cached K/V entry moves by at most 2^-9 of
+  itself. Attention scores and outputs are smooth (a convex mix of V; scores linear in K),
+  so the logits move by a small multiple of that relative error: bound 2^-8 * max|logit|."""
+  f32, _ = run()
+  bf16, _ = run(cache_dtype="bfloat16")
+  diff = np.abs(bf16.logits - f32.logits)
+  assert 0 < diff.max() <= 2 ** -8 * np.abs(f32.logits).max()
+  assert diff[0].max() == 0   # the first logits read only the memory, computed in float32
+
+
+def test_row_batched_step_matches_one_call(model, x, run):
+  """One row per batch: 10 batches, the last (all padding) skipped."""
+  one, _ = run()   # 10 rows < STEP_ROWS: one call
+  got, _ = run(step_rows=1)
+  np.testing.assert_allclose(got.logits, one.logits, atol=1e-6, rtol=0)
+  ref = reference_focus(model, x, S, WL, F, got.tokens[:-1])
+  np.testing.assert_allclose(got.logits, ref, atol=1e-5, rtol=0)
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _step_memory(model, n_rows, size, step_rows):
+  graphdef, state = nnx.split(model)
+  fn = P_.exact_step_fn(graphdef, make_mesh(None), step_rows=step_rows)
+  cache = jax.eval_shape(lambda: init_cache(TINY, n_rows, size))
+  args = (state, cache, jnp.ones(n_rows, bool), jnp.zeros(2, jnp.int32),
+          jnp.zeros(n_rows, jnp.int32), jnp.zeros(64, jnp.int32), jnp.ones(64, bool),
+          jnp.int32(0))
+  return fn.lower(*_abstract(args)).compile().memory_analysis()
+
+
+def test_row_batched_step_temporaries_do_not_grow_with_rows(model):
+  """Compiled temporaries of one exact step at 16 and 128 rows of 96 cache slots: one call
+  copies every row's cache (upcast, rotated); row batches hold only the memory entries
+  (the step's outputs, 1/96 of the cache) beyond a constant."""
+  size, n0, n1 = 96, 16, 128
+  row_cache = 2 * TINY.num_layers * size * TINY.num_kv_heads * TINY.head_dim * 4   # bytes/row
+  row_mem = 2 * TINY.num_layers * TINY.num_kv_heads * TINY.head_dim * 4
+  grow = lambda r: (_step_memory(model, n1, size, r).temp_size_in_bytes
+                    - _step_memory(model, n0, size, r).temp_size_in_bytes) / (n1 - n0)
+  assert grow(0) >= row_cache                  # the one-call step: a cache copy and more
+  assert grow(4) <= 8 * row_mem < row_cache / 10
+  # the cache itself is updated in place (donated), not copied
+  assert _step_memory(model, n1, size, 4).alias_size_in_bytes >= n1 * row_cache
+
+
+def test_encoding_temporaries_do_not_grow_with_rows(model):
+  """encode_fn reads one batch of rows per call: its temporaries are the same for 16 and
+  128 rows (the caches and memory buffers are donated and updated in place)."""
+  graphdef, state = nnx.split(model)
+  mesh = make_mesh(None)
+  c = S + F + 1
+
+  def temp(n):
+    fn = P_.encode_fn(graphdef, mesh, 2, True)
+    cache = jax.eval_shape(lambda: init_cache(TINY, n, 32, "bfloat16"))
+    mem = jnp.zeros((TINY.num_layers, n, TINY.num_kv_heads, TINY.head_dim))
+    args = (state, jnp.zeros((n, c), jnp.int32), jnp.ones((n, c), bool), cache, mem, mem,
+            jnp.int32(0))
+    return fn.lower(*_abstract(args)).compile().memory_analysis()
+
+  a, b = temp(16), temp(128)
+  assert a.temp_size_in_bytes == b.temp_size_in_bytes > 0
+  assert b.alias_size_in_bytes >= 128 * 2 * TINY.num_layers * 32 * TINY.num_kv_heads * TINY.head_dim * 2
+
+
+def test_bad_cache_dtype(model, x):
+  with pytest.raises(ValueError, match="cache_dtype"):
+    generate_focus(model, x, 2, focus=FC, cache_dtype="float16")
+  with pytest.raises(ValueError, match="step_rows"):
+    generate_focus(model, x, 2, focus=FC, step_rows=-1)
