@@ -2,7 +2,9 @@ r"""Converts an HF LLaMA checkpoint (folder or llama.cpp .gguf) to a focus_jax c
 
   python -m launch.convert --hf_model=PATH --out=DIR [--overwrite] [--dtype=float32|bfloat16]
 
---overwrite replaces only a focus_jax checkpoint (model_config.json + params/).
+--overwrite replaces only a focus_jax checkpoint (model_config.json + params/), and
+never one that is PATH or holds it; a symbolic link DIR is followed (the folder it
+points to is replaced, the link stays).
 Every tensor must be finite (--allow_nonfinite to convert anyway).
 PATH is an HF folder (config.json + *.safetensors, optionally
 focus_candidate.safetensors + focus_config.json, or the official FocusLLM layout:
@@ -54,7 +56,7 @@ def convert(hf_model: str, out: str, overwrite: bool, dtype: str, allow_nonfinit
   from focus_jax.checkpoint.atomic import check_target
   from focus_jax.checkpoint.hf import load_hf, read_focus_config
   from focus_jax.checkpoint.orbax import save_checkpoint
-  check_target(out, overwrite)  # fail before the (slow) load
+  check_target(out, overwrite, sources=[hf_model])  # fail before the (slow) load
   t0 = time.time()
   model, hf_cfg = load_hf(hf_model, dtype=dtype)
   cfg = model.config

@@ -19,12 +19,13 @@ r"""The paper's evaluations for one checkpoint and one decoding mode.
                  synthetic tasks, N samples per task and length; OUT/ruler.png
 
 Every finished case is one line of OUT/results.jsonl and is skipped when the
-command runs again (resume); OUT/run.json records the settings and a resumed
-run must match them. OUT/summary.json holds the scores of every finished case in
-OUT (a later call with more lengths or seeds extends the run; written atomically);
-passkey also writes OUT/passkey.png, perplexity OUT/perplexity.png, the
-benchmarks their official pred files under OUT/longbench/ or
-OUT/infinitebench/. The last stdout line is the summary as one JSON object.
+command runs again (resume); OUT/run.json records the settings and the
+checkpoint's identity, and a resumed run must match both. OUT must be new, empty
+or an evaluation folder (its run.json). OUT/summary.json holds the scores of
+every finished case in OUT (a later call with more lengths or seeds extends the
+run; written atomically); passkey also writes OUT/passkey.png, perplexity
+OUT/perplexity.png, the benchmarks their official pred files under
+OUT/longbench/ or OUT/infinitebench/. The last stdout line is the summary as one JSON object.
 """
 from __future__ import annotations
 
@@ -236,7 +237,7 @@ def _bench(setup, tok, out, which):
 def evaluate():
   from focus_jax.checkpoint.orbax import load_checkpoint
   from focus_jax.eval import tok as T
-  from focus_jax.eval.results import check_run, write_json
+  from focus_jax.eval.results import check_out, check_run, checkpoint_identity, write_json
   for name in ("checkpoint", "task", "out"):
     if not getattr(FLAGS, name):
       raise app.UsageError(f"--{name} is required")
@@ -246,6 +247,8 @@ def evaluate():
     raise app.UsageError("--synthetic is for --task=infinitebench")
   if not os.path.isdir(FLAGS.checkpoint):
     raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such folder")
+  check_out(FLAGS.out)   # a folder of other files is refused before the (slow) load
+  model_id = checkpoint_identity(FLAGS.checkpoint)
   t0 = time.time()
   model, extras = load_checkpoint(FLAGS.checkpoint)
   model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
@@ -268,7 +271,7 @@ def evaluate():
   else:
     settings.update(data_dir=os.path.abspath(FLAGS.data_dir or ""), max_length=FLAGS.max_length,
                     chat_template=FLAGS.chat_template)
-  check_run(out, settings)
+  check_run(out, settings, model_id)
   if FLAGS.task == "passkey":
     scores = _passkey(setup, tok, out)
   elif FLAGS.task == "perplexity":

@@ -7,7 +7,8 @@ candidate projections focus_candidate.safetensors + focus_config.json; with
 --layout=official the official FocusLLM layout instead (beacon_*_proj tensors in
 model.safetensors, beacon_param / local_window / memory_stride in config.json).
 HF_DIR appears only once complete; an existing one is kept unless --overwrite,
-which replaces only a folder this tool wrote (marker file .focus_jax_export).
+which replaces only a folder this tool wrote (marker file .focus_jax_export), and
+never one that is DIR or holds it; a symbolic link HF_DIR is followed.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def export(checkpoint: str, out: str, overwrite: bool, layout: str = "focus_jax"
   from focus_jax.checkpoint.atomic import EXPORT, check_target
   from focus_jax.checkpoint.hf import export_hf
   from focus_jax.checkpoint.orbax import load_checkpoint
-  check_target(out, overwrite, EXPORT)
+  check_target(out, overwrite, EXPORT, sources=[checkpoint])
   t0 = time.time()
   model, extras = load_checkpoint(checkpoint, as_numpy=True)
   log.info("load: %s in %.1f s (%d layers)", checkpoint, time.time() - t0,

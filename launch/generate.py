@@ -8,7 +8,8 @@ Prompt sources (exactly one): --prompt (text, tokenised by the checkpoint's
 tokenizer), --prompt_file (text file), --input_ids (a 1-D integer .npy used
 exactly as given, no BOS added). --logits_out writes float32 `logits`
 [steps, vocab] (row 0 predicts the token after the prompt, then one row per
-generated token) and int32 `tokens`.
+generated token) and int32 `tokens`, atomically; an existing file is replaced
+only with --overwrite.
 
 Every input is checked before the checkpoint loads; a bad one ends with exit
 status 1 and one `generate: error: ...` line. The text is printed before
@@ -41,6 +42,7 @@ flags.DEFINE_string("input_ids", None, "1-D integer .npy of prompt ids, used as 
 flags.DEFINE_integer("max_new_tokens", 32, "Maximum number of tokens to generate.")
 flags.DEFINE_string("logits_out", None, "Write logits [steps, vocab] and tokens to this .npz "
                     "(the name must end in .npz).")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing --logits_out file.")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples.")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with --temperature > 0).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -70,6 +72,9 @@ def validate_flags():
     raise ValueError(f"--top_p must be in (0, 1], got {FLAGS.top_p}")
   if FLAGS.logits_out is not None and not FLAGS.logits_out.endswith(".npz"):
     raise ValueError(f"--logits_out={FLAGS.logits_out}: the name must end in .npz")
+  if FLAGS.logits_out is not None and os.path.lexists(FLAGS.logits_out):
+    from focus_jax.checkpoint.atomic import check_file_target
+    check_file_target(FLAGS.logits_out, FLAGS.overwrite, "--logits_out")
   if FLAGS.mode == "selfextend":
     _positive("group_size", "neighbor_window")
   if FLAGS.mode == "focus":
@@ -175,14 +180,13 @@ class _TimedSampler:
     return tok
 
 
-def write_logits(path: str, gen):
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
+def write_logits(path: str, gen, overwrite: bool = False):
+  """Writes the .npz atomically; an existing file is replaced only with overwrite."""
+  from focus_jax.checkpoint.atomic import atomic_file
   try:
-    np.savez(tmp, logits=gen.logits.astype(np.float32), tokens=gen.tokens.astype(np.int32))
-    os.replace(tmp, path)
+    with atomic_file(path, overwrite, "--logits_out", suffix=".npz") as tmp:
+      np.savez(tmp, logits=gen.logits.astype(np.float32), tokens=gen.tokens.astype(np.int32))
   except OSError as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
     raise OSError(f"could not write --logits_out={path}: {e.strerror or e}") from None
 
 
@@ -218,7 +222,7 @@ def generate():
   sys.stdout.flush()
   if FLAGS.logits_out:
     t3 = time.time()
-    write_logits(FLAGS.logits_out, gen)
+    write_logits(FLAGS.logits_out, gen, FLAGS.overwrite)
     log.info("save: %s in %.2f s", FLAGS.logits_out, time.time() - t3)
 
 

@@ -39,10 +39,11 @@ def snapshot(d: Path):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   """A 2-step run. The workdir holds what a killed earlier attempt left without any
-  checkpoint (its config.json with another lr, metrics of steps 1-2): a fresh run replaces
-  both, so metrics.jsonl has each step once."""
+  checkpoint (its marker, its config.json with another lr, metrics of steps 1-2): a fresh
+  run replaces both, so metrics.jsonl has each step once."""
   w = tmp_path_factory.mktemp("train_cli") / "w"
   w.mkdir()
+  (w / ".focus_jax_run").write_text('{"written_by": "focus_jax", "pid": 1}\n')
   (w / "config.json").write_text(json.dumps({"lr": 123.0}))
   (w / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
   r = run("launch.train", *BASE, f"--workdir={w}")

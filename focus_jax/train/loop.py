@@ -6,6 +6,16 @@
                          focus_jax checkpoint, for launch.export_hf / generate
   WORKDIR/config.json    the config the run started with (focus_jax.train.run_config;
                          accepted changes on resume go to config_history.jsonl)
+  WORKDIR/.focus_jax_run the folder's marker (a run of its own) and lock file
+
+WORKDIR must be new, empty or a run folder of its own (its marker; runs from
+before the marker: config.json + checkpoints/); anything else (an HF model
+folder, a checkpoint, the working folder, home, a folder of other files) is
+refused before anything is written. A run holds the marker's flock while it
+works, so a second trainer on the same WORKDIR is refused with the first one's
+pid; the kernel drops the lock when the process ends, however it ends. Only
+process 0 of a multi-process run takes it; a non-local WORKDIR (gs://...) is
+neither checked nor locked (a warning says so).
 
 A run resumes from the newest checkpoint in WORKDIR that restores (damaged
 newer steps are moved to WORKDIR/checkpoints_damaged/). A resume with a config
@@ -18,6 +28,7 @@ is saved.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -31,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from focus_jax import parallel
+from focus_jax.checkpoint.atomic import RUN, RUN_MARKER, check_own_folder, exclusive_lock
 from focus_jax.focus.losses import split_model
 from focus_jax.model import param_count
 from focus_jax.train import run_config, setup
@@ -92,10 +104,34 @@ def _step_metrics(m: dict, tokens: int, dt: float) -> dict:
   return out
 
 
+def _remote(workdir: str) -> bool:
+  return "://" in workdir
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds WORKDIR's lock for the block (process 0 of a local WORKDIR only)."""
+  if _remote(workdir) or jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with exclusive_lock(os.path.join(workdir, RUN_MARKER), f"--workdir={workdir}"):
+    yield
+
+
 def prepare_workdir(config, workdir: str, *, export_only: bool = False,
-                    allow_config_change: bool = False) -> list[int]:
-  """Checks WORKDIR against config before anything is written; returns its saved steps."""
+                    allow_config_change: bool = False,
+                    hold: contextlib.ExitStack | None = None) -> list[int]:
+  """Checks WORKDIR against config before anything is written; returns its saved steps.
+
+  hold: takes WORKDIR's lock into this stack once the checks pass, before the first write.
+  """
   run_config.config_dict(config)  # a config that cannot be read fails here, not half-way
+  if _remote(workdir):
+    log.warning("--workdir=%s is not a local path: it is neither checked for foreign files "
+                "nor locked against a second trainer", workdir)
+  else:
+    check_own_folder(workdir, RUN, "--workdir")
   steps = saved_steps(os.path.join(workdir, "checkpoints"))
   if export_only and not steps:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')} to export")
@@ -105,6 +141,8 @@ def prepare_workdir(config, workdir: str, *, export_only: bool = False,
         "config.resume is False; start the new run in a new --workdir, or resume this one")
   fresh = not steps and not export_only
   changes = {} if fresh else run_config.check_config(config, workdir, allow_config_change)
+  if hold is not None:
+    hold.enter_context(workdir_lock(workdir))
   if jax.process_index() == 0 and not export_only:
     os.makedirs(workdir, exist_ok=True)
     run_config.record_config(config, workdir, changes, steps[-1] if steps else None, fresh=fresh)
@@ -120,9 +158,15 @@ def train(config, workdir: str, *, export_only: bool = False,
 
   export_only: restore WORKDIR's latest checkpoint and write WORKDIR/model, no step.
   allow_config_change: resume even when the config differs in a meaningful field.
+  WORKDIR is locked from the end of its checks until this returns or raises.
   """
-  prepare_workdir(config, workdir, export_only=export_only,
-                  allow_config_change=allow_config_change)
+  with contextlib.ExitStack() as hold:
+    prepare_workdir(config, workdir, export_only=export_only,
+                    allow_config_change=allow_config_change, hold=hold)
+    return _train(config, workdir, export_only)
+
+
+def _train(config, workdir: str, export_only: bool) -> dict:
   mesh = parallel.make_mesh(config.mesh)
   model = setup.load_model(config)
   cfg = model.cfg
