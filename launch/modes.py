@@ -27,6 +27,9 @@ flags.DEFINE_enum("focus_decode", "exact", ["exact", "fast"],
 flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8', 'data:2,chunk:4', "
                     "'fsdp:2,chunk:4' or 'fsdp:2,chunk:2,tensor:2'.")
 flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
+flags.DEFINE_enum("chunk_cache_dtype", None, ["float32", "bfloat16"],
+                  "focus, exact decoding: storage of the chunk K/V caches (bfloat16: half "
+                  "the memory, computation still in --dtype; default --dtype).")
 
 
 FOCUS_FLAGS = ("chunk_size", "local_window", "fragment_len", "min_focus_len")
@@ -70,4 +73,5 @@ def mode_setup(model, progress: bool = True, saved_focus=None):
     add_candidates(model, fc.candidate_projs)
   mesh = make_mesh(FLAGS.mesh)
   return ModeSetup("focus", model, focus=fc, focus_decode=FLAGS.focus_decode, mesh=mesh,
-                   chunk_batch=FLAGS.chunk_batch * axis_size(mesh, "chunk"), progress=progress)
+                   chunk_batch=FLAGS.chunk_batch * axis_size(mesh, "chunk"), progress=progress,
+                   chunk_cache_dtype=FLAGS.chunk_cache_dtype)

@@ -168,3 +168,26 @@ def test_bad_cache_dtype(model, x):
     generate_focus(model, x, 2, focus=FC, cache_dtype="float16")
   with pytest.raises(ValueError, match="step_rows"):
     generate_focus(model, x, 2, focus=FC, step_rows=-1)
+
+
+def test_generate_cli_chunk_cache_dtype(model, x, run, tmp_path):
+  """launch.generate --chunk_cache_dtype=bfloat16 gives the in-process bfloat16 logits."""
+  import os
+  import subprocess
+  import sys
+  from focus_jax.checkpoint.orbax import save_checkpoint
+  save_checkpoint(tmp_path / "ckpt", model)
+  np.save(tmp_path / "ids.npy", x.astype(np.int64))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run(
+      [sys.executable, "-m", "launch.generate", f"--checkpoint={tmp_path / 'ckpt'}",
+       f"--input_ids={tmp_path / 'ids.npy'}", "--mode=focus", f"--chunk_size={S}",
+       f"--local_window={WL}", f"--fragment_len={F}", f"--min_focus_len={T}",
+       f"--max_new_tokens={STEPS}", f"--logits_out={tmp_path / 'out.npz'}", "--ignore_eos",
+       "--chunk_cache_dtype=bfloat16"],
+      cwd=root, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  got = np.load(tmp_path / "out.npz")["logits"]
+  want, _ = run(cache_dtype="bfloat16")
+  np.testing.assert_allclose(got, want.logits, atol=1e-6, rtol=0)
+  assert np.abs(got - run()[0].logits).max() > 0   # not the float32 cache

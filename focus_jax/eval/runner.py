@@ -44,6 +44,7 @@ class ModeSetup:
   mesh: Any = None                       # focus
   chunk_batch: int = 1                   # focus
   progress: bool = False                 # focus: chunk encoding progress bar
+  chunk_cache_dtype: str | None = None   # focus, exact: chunk K/V cache storage (None: compute)
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -60,6 +61,8 @@ class ModeSetup:
       d.update(group_size=self.group_size, neighbor_window=self.neighbor_window)
     if self.mode == "focus":
       d.update(self.focus.to_dict(), focus_decode=self.focus_decode)
+      if self.chunk_cache_dtype:
+        d.update(chunk_cache_dtype=self.chunk_cache_dtype)
     return d
 
 
@@ -79,7 +82,8 @@ def generate(setup: ModeSetup, prompt: Sequence[int], max_new_tokens: int,
   from focus_jax.focus.inference import generate_focus
   return generate_focus(m, prompt, max_new_tokens, sampler, focus=setup.focus,
                         decode=setup.focus_decode, mesh=setup.mesh,
-                        chunk_batch=setup.chunk_batch, progress=setup.progress, **kw)
+                        chunk_batch=setup.chunk_batch, progress=setup.progress,
+                        cache_dtype=setup.chunk_cache_dtype, **kw)
 
 
 class _Forced:
