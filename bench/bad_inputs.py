@@ -2,9 +2,12 @@ r"""Tries bad inputs on every CLI (each one a subprocess) and prints a Markdown 
 input, exit code, and the message as the user sees it (the error line, or the warning).
 
   python bench/bad_inputs.py [--only=generate] > table.md
+  python bench/bad_inputs.py --file_safety > table.md   # outputs onto inputs, user files
 
 Builds its own tiny HF folder, focus_jax checkpoints and a 2-step training run in a
-temporary folder (a few minutes on a CPU).
+temporary folder (a few minutes on a CPU). --file_safety runs only the cases where
+an output would land on an input or a user's file, and prints after each row
+whether the files it could touch are byte-identical afterwards.
 """
 import argparse
 import json
@@ -23,7 +26,8 @@ TRAIN = ["--config=configs/tiny.py", "--config.steps=2", "--config.checkpoint_ev
 
 
 def cli(module, *args, cwd=ROOT):
-  r = subprocess.run([sys.executable, "-m", f"launch.{module}", *args], cwd=cwd,
+  module = module if "." in module else f"launch.{module}"
+  r = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
                      capture_output=True, text=True, timeout=600,
                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
   return r
@@ -177,6 +181,109 @@ def probes(d: Path):
   yield "train", "--config.mesh=data:8 (1 device)", [*trn, f"--workdir={d / 'w4'}", "--config.mesh=data:8"], {}
 
 
+HOLDER = """
+import sys, time
+from focus_jax.checkpoint.atomic import exclusive_lock
+with exclusive_lock(sys.argv[1], "w"):
+  print("held", flush=True)
+  time.sleep(600)
+"""
+
+
+def setup_file_safety(d: Path):
+  """Folders where an output lands on an input or on a user's files."""
+  sys.path.insert(0, str(ROOT))
+  from flax import nnx
+  from focus_jax.checkpoint.orbax import save_checkpoint
+  from focus_jax.config import ModelConfig
+  from focus_jax.model import LlamaForCausalLM
+  make_hf(d / "hf")
+  assert cli("convert", f"--hf_model={d / 'hf'}", f"--out={d / 'ckpt'}").returncode == 0
+  assert cli("export_hf", f"--checkpoint={d / 'ckpt'}", f"--out={d / 'export'}").returncode == 0
+  shutil.copytree(d / "ckpt", d / "C")
+  shutil.copytree(d / "hf", d / "C" / "my_source")
+  shutil.copytree(d / "export", d / "E")
+  shutil.copytree(d / "ckpt", d / "E" / "ckpt")
+  shutil.copytree(d / "ckpt", d / "both")
+  for f in ("config.json", "model.safetensors"):
+    shutil.copy(d / "hf" / f, d / "both" / f)
+  (d / "dangling").symlink_to(d / "nowhere")
+  (d / "mine").mkdir()
+  (d / "mine" / "metrics.jsonl").write_text("my own metrics\n")
+  (d / "mine" / "summary.json").write_text('{"my": "results"}')
+  (d / "mine" / "passkey.png").write_bytes(b"my figure")
+  (d / "home").mkdir()
+  np.save(d / "ids.npy", np.asarray([5, 6, 7]))
+  (d / "mine.npz").write_bytes(b"my own file")
+  cfg = ModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2,
+                    num_heads=4, num_kv_heads=2, head_dim=8, bos_token_id=1, eos_token_ids=(2,))
+  save_checkpoint(d / "bytes_ckpt", LlamaForCausalLM(cfg, nnx.Rngs(0), std=0.3))
+  (d / "doc.txt").write_text("".join(chr(97 + (i * 7) % 26) for i in range(100)))
+  ev = [f"--checkpoint={d / 'bytes_ckpt'}", "--tokenizer=byte", "--task=perplexity",
+        f"--data={d / 'doc.txt'}", "--lengths=64", "--stride=0", "--loss_tokens=8"]
+  assert cli("evaluate", *ev, f"--out={d / 'eval'}").returncode == 0
+  save_checkpoint(d / "bytes_ckpt", LlamaForCausalLM(cfg, nnx.Rngs(1), std=0.3), overwrite=True)
+  (d / "locked").mkdir()
+  holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(d / "locked" / ".focus_jax_run")],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert holder.stdout.readline().strip() == "held"
+  return ev, holder
+
+
+def file_safety_probes(d: Path, ev):
+  hf, ck = f"--hf_model={d / 'hf'}", f"--checkpoint={d / 'ckpt'}"
+  trn = TRAIN
+  yield "convert", "--overwrite, --hf_model inside --out", [f"--hf_model={d / 'C' / 'my_source'}", f"--out={d / 'C'}", "--overwrite"], {"keep": ["C"]}
+  yield "convert", "--overwrite, --hf_model is --out (HF folder and checkpoint)", [f"--hf_model={d / 'both'}", f"--out={d / 'both'}", "--overwrite"], {"keep": ["both"]}
+  yield "export_hf", "--overwrite, --checkpoint inside --out", [f"--checkpoint={d / 'E' / 'ckpt'}", f"--out={d / 'E'}", "--overwrite"], {"keep": ["E"]}
+  yield "convert", "--out a folder of the user's files, no --overwrite", [hf, f"--out={d / 'mine'}"], {"keep": ["mine"]}
+  yield "convert", "--overwrite, --out a dangling symlink", [hf, f"--out={d / 'dangling'}", "--overwrite"], {}
+  yield "train", "--workdir an HF model folder", [*trn, f"--workdir={d / 'hf'}"], {"keep": ["hf"]}
+  yield "train", "--workdir a checkpoint", [*trn, f"--workdir={d / 'ckpt'}"], {"keep": ["ckpt"]}
+  yield "train", "--workdir=. (a folder of the user's files)", [f"--config={ROOT / 'configs' / 'tiny.py'}", *trn[1:], "--workdir=."], {"cwd": d / "mine", "keep": ["mine"]}
+  yield "train", "--config file missing, with an override", ["--config=configs/none.py", "--config.steps=2", f"--workdir={d / 'x'}"], {}
+  yield "train", "--workdir=$HOME", [*trn, f"--workdir={d / 'home'}"], {"env": {"HOME": str(d / "home")}}
+  yield "train", "--workdir in use by another trainer", [*trn, f"--workdir={d / 'locked'}"], {}
+  yield "evaluate", "--out a folder of the user's files", [*ev, f"--out={d / 'mine'}"], {"keep": ["mine"]}
+  yield "evaluate", "resume after the checkpoint was rewritten", [*ev, f"--out={d / 'eval'}"], {"keep": ["eval"]}
+  yield "focus_jax.trained", "--write a checkpoint without focus_config.json", [f"--write={d / 'ckpt'}"], {"keep": [str(ROOT / "focus_jax" / "trained")]}
+  yield "focus_jax.trained", "--name=../../x", [f"--write={d / 'ckpt'}", "--name=../../x"], {}
+  yield "focus_jax.trained", "--out a folder of the user's files", [f"--out={d / 'mine'}"], {"keep": ["mine"]}
+  yield "generate", "--logits_out an existing file, no --overwrite", [ck, f"--input_ids={d / 'ids.npy'}", f"--logits_out={d / 'mine.npz'}"], {"keep": ["mine.npz"]}
+
+
+def _files(d: Path, names) -> list:
+  out = []
+  for n in names:
+    p = d / n
+    for q in sorted([p, *p.rglob("*")] if p.is_dir() else [p]):
+      out.append((str(q), q.read_bytes() if q.is_file() else None))
+  return out
+
+
+def run_file_safety():
+  with tempfile.TemporaryDirectory() as t:
+    d = Path(t)
+    ev, holder = setup_file_safety(d)
+    try:
+      print("| # | CLI | input | exit | files untouched | message (T = the temporary folder) |")
+      print("|---|---|---|---|---|---|")
+      for i, (module, what, argv, opt) in enumerate(file_safety_probes(d, ev), 1):
+        before = _files(d, opt.get("keep", []))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **opt.get("env", {}))
+        module = module if "." in module else f"launch.{module}"
+        r = subprocess.run([sys.executable, "-m", module, *argv], cwd=opt.get("cwd", ROOT),
+                           capture_output=True, text=True, timeout=600, env=env)
+        same = "yes" if _files(d, opt.get("keep", [])) == before else "NO"
+        msg = message(r, None, d).replace(f"process {holder.pid}", "process PID")
+        print(f"| {i} | {module.replace('launch.', '')} | {what} | {r.returncode} | "
+              f"{same if opt.get('keep') else '-'} | {msg} |", flush=True)
+    finally:
+      holder.kill()
+      holder.wait()
+
+
 def message(r, show, tmp):
   lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
   if show:
@@ -194,7 +301,11 @@ def message(r, show, tmp):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--only", default=None, help="one CLI: convert, export_hf, generate, train")
+  ap.add_argument("--file_safety", action="store_true", help="only the cases where an output "
+                  "lands on an input or a user's files")
   args = ap.parse_args()
+  if args.file_safety:
+    return run_file_safety()
   with tempfile.TemporaryDirectory() as t:
     d = Path(t)
     setup(d)

@@ -182,7 +182,8 @@ class _TimedSampler:
 
 def write_logits(path: str, gen, overwrite: bool = False):
   """Writes the .npz atomically; an existing file is replaced only with overwrite."""
-  from focus_jax.checkpoint.atomic import atomic_file
+  from focus_jax.checkpoint.atomic import atomic_file, check_file_target
+  check_file_target(path, overwrite, "--logits_out")  # its own one-line messages
   try:
     with atomic_file(path, overwrite, "--logits_out", suffix=".npz") as tmp:
       np.savez(tmp, logits=gen.logits.astype(np.float32), tokens=gen.tokens.astype(np.int32))

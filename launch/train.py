@@ -61,15 +61,29 @@ def run(config, workdir):
   return summary
 
 
+def check_config_file(path) -> None:
+  """One line and exit 1 for a --config file that does not exist (ml_collections would
+  raise while parsing the flags when overrides follow)."""
+  if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+    print(f"train: error: --config={path}: no such file", file=sys.stderr)
+    sys.exit(1)
+
+
+def _config_arg(argv):
+  for i, a in enumerate(argv[1:], 1):
+    if a.startswith("--config="):
+      return a[len("--config="):]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
     print(f"train: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
     sys.exit(1)
   setup_logging()
-  path = config_flags.get_config_filename(FLAGS["config"])
-  if not os.path.isfile(path):
-    print(f"train: error: --config={path}: no such file", file=sys.stderr)
-    sys.exit(1)
+  check_config_file(config_flags.get_config_filename(FLAGS["config"]))
   from focus_jax.train.loop import NonFiniteLoss
   try:
     fail_cleanly("train", run, FLAGS.config, FLAGS.workdir)
@@ -81,4 +95,5 @@ def main(argv):
 if __name__ == "__main__":
   from launch.console import resolve_config_argv
   sys.argv = resolve_config_argv(sys.argv)
+  check_config_file(_config_arg(sys.argv))
   run_cli("train", main)

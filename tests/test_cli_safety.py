@@ -209,3 +209,10 @@ def test_flag_errors_are_one_line(outputs):
   one_line_error(r, "convert", "hf_model")
   r = run_cli("launch.generate", "--checkpoint=x", "--max_new_tokens=abc")
   one_line_error(r, "generate", "max_new_tokens")
+
+
+def test_missing_train_config_with_an_override_is_one_line(tmp_path):
+  r = run_cli("launch.train", "--config=configs/none.py", "--config.steps=2",
+              f"--workdir={tmp_path / 'w'}")
+  one_line_error(r, "train", "--config=configs/none.py: no such file")
+  assert not (tmp_path / "w").exists()
