@@ -176,9 +176,6 @@ def test_a_workdir_in_use_is_locked_and_a_crash_frees_it(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
   try:
     assert holder.stdout.readline().strip() == "held"
-    r = run_cli("launch.train", "--config=configs/tiny.py", f"--workdir={w}",
-                "--config.tensorboard=False")
-    one_line_error(r, "train", f"in use by process {holder.pid}")
     with pytest.raises(atomic.LockHeld, match=f"process {holder.pid}"):
       loop.train(_config(), str(w))
     assert sorted(os.listdir(w)) == [atomic.RUN_MARKER]   # nothing written by the refused
@@ -195,6 +192,36 @@ def test_a_workdir_in_use_is_locked_and_a_crash_frees_it(tmp_path):
         loop.prepare_workdir(_config(), str(w), hold=second)
   with contextlib.ExitStack() as hold:       # released when the first one finished
     loop.prepare_workdir(_config(), str(w), hold=hold)
+
+
+def test_every_process_of_a_run_stops_when_its_workdir_is_locked(tmp_path):
+  """Two processes (jax.distributed on 127.0.0.1): process 0 cannot take the lock, and
+  process 1 stops too instead of waiting for it."""
+  import portpicker
+  w = tmp_path / "run"
+  w.mkdir()
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(w / atomic.RUN_MARKER)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    port = portpicker.pick_unused_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "launch.train", "--config=configs/tiny.py", f"--workdir={w}",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    holder.kill()
+    holder.wait()
+  for p, (_, err) in zip(procs, outs):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 1 and "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith("train: error:") and "is in use by" in lines[-1], err[-2000:]
+    assert sum(ln.startswith("train: error:") for ln in lines) == 1
+  assert f"in use by process {holder.pid}" in outs[0][1]
+  assert sorted(os.listdir(w)) == [atomic.RUN_MARKER]
 
 
 # 3. and 10. evaluation OUT ------------------------------------------------------------------
@@ -216,8 +243,9 @@ def test_evaluate_writes_only_into_its_own_folder_and_its_own_model(made, tmp_pa
   before = _tree(mine)
   args = [f"--checkpoint={ckpt}", "--tokenizer=byte", "--task=perplexity",
           f"--data={tmp_path / 'doc.txt'}", "--lengths=64", "--stride=0", "--loss_tokens=8"]
-  r = _evaluate(*args, f"--out={mine}")
-  one_line_error(r, "launch.evaluate", "holds other files", "not an evaluation folder")
+  for check in (results.check_out, lambda o: results.check_run(o, {"task": "perplexity"})):
+    with pytest.raises(FileExistsError, match="holds other files .* not an evaluation folder"):
+      check(mine)   # what launch.evaluate calls before the model loads and before any write
   assert _tree(mine) == before
   out = tmp_path / "run"
   r = _evaluate(*args, f"--out={out}")

@@ -42,7 +42,8 @@ import numpy as np
 from flax import nnx
 
 from focus_jax import parallel
-from focus_jax.checkpoint.atomic import RUN, RUN_MARKER, check_own_folder, exclusive_lock
+from focus_jax.checkpoint.atomic import (RUN, RUN_MARKER, LockHeld, check_own_folder,
+                                         exclusive_lock)
 from focus_jax.focus.losses import split_model
 from focus_jax.model import param_count
 from focus_jax.train import run_config, setup
@@ -119,6 +120,24 @@ def workdir_lock(workdir: str):
     yield
 
 
+def _take_lock(workdir: str, hold: contextlib.ExitStack) -> None:
+  """Process 0 takes WORKDIR's lock into `hold`; every process learns whether it got it,
+  so all of them stop together (none waits for a refused process 0 in a collective)."""
+  err = None
+  try:
+    hold.enter_context(workdir_lock(workdir))
+  except LockHeld as e:
+    err = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    ok = np.asarray(multihost_utils.process_allgather(np.asarray([err is None])))
+    if err is None and not ok.all():
+      err = LockHeld(f"--workdir={workdir} is in use by another trainer (process 0 of this "
+                     "run could not take its lock)")
+  if err is not None:
+    raise err
+
+
 def prepare_workdir(config, workdir: str, *, export_only: bool = False,
                     allow_config_change: bool = False,
                     hold: contextlib.ExitStack | None = None) -> list[int]:
@@ -142,7 +161,7 @@ def prepare_workdir(config, workdir: str, *, export_only: bool = False,
   fresh = not steps and not export_only
   changes = {} if fresh else run_config.check_config(config, workdir, allow_config_change)
   if hold is not None:
-    hold.enter_context(workdir_lock(workdir))
+    _take_lock(workdir, hold)
   if jax.process_index() == 0 and not export_only:
     os.makedirs(workdir, exist_ok=True)
     run_config.record_config(config, workdir, changes, steps[-1] if steps else None, fresh=fresh)
