@@ -51,7 +51,8 @@ def load(spec):
   trained = model.has_candidates
   if not trained:
     add_candidates(model)
-  return model, AutoTokenizer.from_pretrained(path), trained
+  tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+  return model, tok, trained
 
 
 def text_ids(tok, length: int) -> np.ndarray:

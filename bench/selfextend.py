@@ -37,7 +37,8 @@ def _load():
   from focus_jax.model import device_put
   hf_dir = assets.smollm2_hf_dir()
   model, _ = load_hf(hf_dir)
-  return device_put(model), AutoTokenizer.from_pretrained(hf_dir)
+  tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True, trust_remote_code=False)
+  return device_put(model), tok
 
 
 def _rss_mib() -> float:

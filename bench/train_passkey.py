@@ -47,7 +47,8 @@ def main():
   from focus_jax.model import add_candidates, remove_candidates
 
   base, extras = load_checkpoint(args.base)
-  tok = AutoTokenizer.from_pretrained(extras["tokenizer_dir"])
+  tok = AutoTokenizer.from_pretrained(extras["tokenizer_dir"],
+                                      local_files_only=True, trust_remote_code=False)
   models = args.models.split(",")
   if unknown := set(models) - {"plain", "initial", "trained"}:
     raise SystemExit(f"--models: unknown {sorted(unknown)}; choose from plain, initial, trained")

@@ -28,6 +28,35 @@ def bucket(n: int, multiple: int = 256) -> int:
   return -(-n // multiple) * multiple
 
 
+def kv_cache_bytes(cfg, tokens: int) -> int:
+  """Bytes of a KV cache (keys and values of every layer) holding `tokens` positions."""
+  itemsize = np.dtype(cfg.dtype).itemsize
+  return 2 * cfg.num_layers * int(tokens) * cfg.num_kv_heads * cfg.head_dim * itemsize
+
+
+def check_cache_fits(cfg, tokens: int, what: str) -> None:
+  """Refuses, before allocating, a KV cache of `tokens` positions that cannot fit."""
+  from focus_jax.memory import available_bytes, check_bytes
+  avail, where = available_bytes()
+  check_bytes(kv_cache_bytes(cfg, tokens), f"the KV cache for {what}",
+              "lower max_new_tokens or the prompt length", limit=avail, where=where)
+
+
+def finite_row(logits, step: int) -> np.ndarray:
+  """The logits row [V] as float32 on the host; refuses to decode from NaN or inf."""
+  row = np.asarray(logits, np.float32)
+  if not np.isfinite(row).all():
+    bad = int(np.sum(~np.isfinite(row)))
+    raise NonFiniteLogits(f"the model produced non-finite logits ({bad} of {row.size} NaN or "
+                          f"inf) at generation step {step}: its weights or config "
+                          "(rms_norm_eps, rope_theta) are broken; refusing to decode")
+  return row
+
+
+class NonFiniteLogits(ValueError):
+  """Decoding stopped: the model's logits hold NaN or inf."""
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "attn", "cache_size"))
 def prefill(graphdef, state, tokens, *, cache_size: int, attn: AttnOptions = AttnOptions()):
   """Runs a prompt [B,T] (left padding marked by token id -1) into a fresh cache."""
@@ -64,6 +93,8 @@ def generate_plain(model, prompt: Sequence[int], max_new_tokens: int,
   if max_new_tokens < 1:
     raise ValueError("max_new_tokens must be >= 1")
   eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
+  check_cache_fits(cfg, bucket(bucket(prompt.size) + max_new_tokens),
+                   f"{prompt.size} prompt + {max_new_tokens} new tokens")
   graphdef, state = nnx.split(model)
   # Left-pad the prompt to a bucket so prompts of similar length share one compilation.
   t = bucket(prompt.size)
@@ -73,7 +104,7 @@ def generate_plain(model, prompt: Sequence[int], max_new_tokens: int,
                                cache_size=bucket(t + max_new_tokens), attn=attn)
   tokens, rows = [], []
   for step in range(max_new_tokens):
-    row = np.asarray(logits[0], np.float32)
+    row = finite_row(logits[0], step)
     tok = sampler.pick(row, step)
     tokens.append(tok)
     rows.append(row)

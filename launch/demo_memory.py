@@ -16,9 +16,12 @@ Prints one line per model and a JSON summary as the last line.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from launch.cli_errors import fail_cleanly, run_cli, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint with trained candidates.")
@@ -48,18 +51,29 @@ def _fact_prompt(tok, n_tokens, depth, seed):
   return np.asarray(ids, np.int32), value
 
 
-def main(argv):
-  del argv
-  from transformers import AutoTokenizer
+def validate_flags():
+  """Checks every flag that needs no checkpoint."""
+  if not math.isfinite(FLAGS.depth) or not 0 <= FLAGS.depth <= 1:
+    raise ValueError(f"--depth must be in [0, 1], got {FLAGS.depth}")
+  if FLAGS.length < 64:
+    raise ValueError(f"--length must be >= 64 tokens, got {FLAGS.length}")
+
+
+def demo():
+  validate_flags()
   from focus_jax.checkpoint.orbax import load_checkpoint
+  from focus_jax.checkpoint.tokenizer import load_tokenizer
   from focus_jax.decoding import generate_plain
   from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
   from focus_jax.focus.inference import generate_focus
   model, extras = load_checkpoint(FLAGS.checkpoint)
   focus = extras["focus_config"]
   if not model.has_candidates or focus is None:
-    raise app.UsageError(f"{FLAGS.checkpoint} has no trained candidates (focus_config.json)")
-  tok = AutoTokenizer.from_pretrained(extras["tokenizer_dir"])
+    raise ValueError(f"{FLAGS.checkpoint} has no trained candidates (focus_config.json)")
+  if extras["tokenizer_dir"] is None:
+    raise ValueError(f"{FLAGS.checkpoint} has no tokenizer (its tokenizer/ folder is missing "
+                     "or empty); convert the model from a folder or GGUF that has one")
+  tok = load_tokenizer(extras["tokenizer_dir"])
   if FLAGS.task == "passkey":
     ids, answer = make_passkey_prompt(tok, FLAGS.length, depth=FLAGS.depth, seed=FLAGS.seed)
     n = answer_token_count(tok, answer)
@@ -87,5 +101,13 @@ def main(argv):
   sys.stdout.flush()
 
 
+def main(argv):
+  if len(argv) > 1:
+    print(f"demo_memory: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(1)
+  setup_logging()
+  fail_cleanly("demo_memory", demo)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run_cli("demo_memory", main)

@@ -216,6 +216,8 @@ def _bench(setup, tok, out, which):
 
   cases = [{"case": f"{n}/{i}", "dataset": n, "index": i} for n in names
            for i in range(len(data[n]))]
+  if not cases:
+    raise ValueError(f"the datasets {', '.join(names)} in {FLAGS.data_dir} hold no samples")
   rows = run_cases(out, cases, run, which)
   scores = {}
   for name in names:
@@ -232,6 +234,62 @@ def _bench(setup, tok, out, which):
                   [IB.pred_row(name, eg, r["pred"], r["index"]) for r, eg in zip(mine, egs)])
       scores[name] = IB.score(name, egs, [r["pred"] for r in mine])
   return scores
+
+
+def _at_least(low, *names):
+  for name in names:
+    v = getattr(FLAGS, name)
+    if v is not None and v < low:
+      raise ValueError(f"--{name} must be >= {low}, got {v}")
+
+
+def validate_flags():
+  """Checks the task's flags before JAX starts and the checkpoint loads: a run always has
+  cases. A missing or unknown --task is left to evaluate()."""
+  if FLAGS.task not in TASKS:
+    return
+  modes.check_mode_flags()
+  if FLAGS.task in ("passkey", "perplexity"):
+    lengths = _ints(FLAGS.lengths, "lengths")
+    if not lengths or min(lengths) < 2:
+      raise ValueError(f"--lengths must be window lengths >= 2 tokens, got "
+                       f"{','.join(FLAGS.lengths) or 'none'}")
+  if FLAGS.task == "passkey":
+    _at_least(1, "seeds")
+    try:
+      depths = [float(d) for d in FLAGS.depths]
+    except ValueError:
+      raise ValueError(f"--depths must be numbers, got {','.join(FLAGS.depths)}") from None
+    if not depths or not all(0 <= d <= 1 for d in depths):
+      raise ValueError(f"--depths must be numbers in [0, 1], got "
+                       f"{','.join(FLAGS.depths) or 'none'}")
+    if FLAGS.needle_template is not None and "{key}" not in FLAGS.needle_template:
+      raise ValueError(f"--needle_template={FLAGS.needle_template!r} has no {{key}} where "
+                       "the key goes")
+  elif FLAGS.task == "perplexity":
+    _at_least(0, "stride")
+    _at_least(1, "max_windows", "loss_tokens", "context")
+    if FLAGS.loss_tokens >= min(_ints(FLAGS.lengths, "lengths")):
+      raise ValueError(f"--loss_tokens={FLAGS.loss_tokens} must be below the shortest "
+                       f"--lengths window ({min(_ints(FLAGS.lengths, 'lengths'))})")
+  else:
+    _at_least(1, "limit", "max_length")
+
+
+def check_lengths_fit(setup):
+  """Refuses --lengths whose plain / SelfExtend KV cache cannot fit, before the first case."""
+  if FLAGS.task not in ("passkey", "perplexity"):
+    return
+  import numpy as np
+  from focus_jax.decoding import bucket, check_cache_fits
+  n = max(_ints(FLAGS.lengths, "lengths"))
+  tokens = bucket(bucket(n) + 16)
+  if setup.mode == "focus":
+    from focus_jax.focus.inference import cache_tokens
+    from focus_jax.focus.plan import make_plan
+    plan = make_plan(np.zeros(n, np.int32), setup.cfg, setup.focus, row_multiple=setup.chunk_batch)
+    tokens = cache_tokens(plan, 16, setup.focus_decode == "exact")
+  check_cache_fits(setup.cfg, tokens, f"--lengths={n} (plus the answer)")
 
 
 def evaluate():
@@ -254,6 +312,7 @@ def evaluate():
   model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
   tok = T.load(FLAGS.tokenizer, extras.get("tokenizer_dir"))
   setup = modes.mode_setup(model, progress=False, saved_focus=extras.get("focus_config"))
+  check_lengths_fit(setup)
   out = Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   settings = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "task": FLAGS.task,
@@ -293,6 +352,7 @@ def main(argv):
   del argv
   from launch.cli_errors import fail_cleanly, setup_logging
   setup_logging()
+  fail_cleanly("launch.evaluate", validate_flags)
   fail_cleanly("launch.evaluate", evaluate)
 
 

@@ -43,7 +43,8 @@ flags.DEFINE_integer("max_new_tokens", 32, "Maximum number of tokens to generate
 flags.DEFINE_string("logits_out", None, "Write logits [steps, vocab] and tokens to this .npz "
                     "(the name must end in .npz).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --logits_out file.")
-flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples.")
+flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples (a value too small for "
+                   "float32, below 1.2e-38, is greedy: the limit of sampling).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with --temperature > 0).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_boolean("ignore_eos", False, "Keep generating after an EOS token.")
@@ -62,6 +63,7 @@ def validate_flags():
     raise ValueError("--checkpoint is required")
   if FLAGS.mode not in MODES:
     raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODES)}")
+  modes.check_mode_flags()
   given = [f for f in ("prompt", "prompt_file", "input_ids") if getattr(FLAGS, f) is not None]
   if len(given) != 1:
     raise ValueError("give exactly one of --prompt, --prompt_file, --input_ids")
@@ -125,35 +127,20 @@ def _prompt_ids(tokenizer_dir, cfg):
 
 
 def load_tokenizer(tokenizer_dir):
-  if not tokenizer_dir or not os.path.isdir(tokenizer_dir) or not os.listdir(tokenizer_dir):
-    return None
-  from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-def _available_bytes() -> tuple[int, str]:
-  import jax
-  dev = jax.devices()[0]
-  stats = dev.memory_stats() if dev.platform != "cpu" else None
-  if stats and "bytes_limit" in stats:
-    return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"{dev.platform} memory"
-  try:
-    with open("/proc/meminfo") as f:
-      info = dict(line.split(":", 1) for line in f)
-    return int(info["MemAvailable"].split()[0]) * 1024, "available host memory"
-  except (OSError, KeyError, ValueError):
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free host memory"
+  """The checkpoint's tokenizer (local files, no remote code), or None when it has none."""
+  from focus_jax.checkpoint.tokenizer import has_tokenizer, load_tokenizer as load
+  return load(tokenizer_dir) if has_tokenizer(tokenizer_dir) else None
 
 
 def check_memory(cfg, n_prompt: int, params_bytes: int):
   """Refuses a KV cache (plain / selfextend) that cannot fit, before allocating it."""
   if FLAGS.mode == "focus":
     return
-  from focus_jax.decoding import bucket
-  itemsize = np.dtype(FLAGS.dtype if FLAGS.dtype != "bfloat16" else np.float16).itemsize
-  tokens = bucket(n_prompt + FLAGS.max_new_tokens)
-  cache = 2 * cfg.num_layers * tokens * cfg.num_kv_heads * cfg.head_dim * itemsize
-  avail, where = _available_bytes()
+  from focus_jax.decoding import bucket, kv_cache_bytes
+  cache = kv_cache_bytes(cfg.replace(compute_dtype=FLAGS.dtype),
+                         bucket(n_prompt + FLAGS.max_new_tokens))
+  from focus_jax.memory import available_bytes
+  avail, where = available_bytes()
   if cache + params_bytes > avail:
     raise ValueError(f"the KV cache for {n_prompt} prompt + {FLAGS.max_new_tokens} new tokens "
                      f"needs {cache / 2**30:.1f} GiB (+ {params_bytes / 2**30:.1f} GiB params), "

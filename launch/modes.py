@@ -33,6 +33,22 @@ flags.DEFINE_enum("chunk_cache_dtype", None, ["float32", "bfloat16"],
 
 
 FOCUS_FLAGS = ("chunk_size", "local_window", "fragment_len", "min_focus_len")
+# The flags of each mode: given with another --mode they would be silently ignored.
+MODE_FLAGS = {"selfextend": ("group_size", "neighbor_window"),
+              "focus": FOCUS_FLAGS + ("focus_decode", "mesh", "chunk_batch")}
+
+
+def check_mode_flags():
+  """Refuses an unknown --mode, and a mode's flag given with another --mode (it would have
+  no effect)."""
+  if FLAGS.mode not in MODE_NAMES:
+    raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODE_NAMES)}")
+  for mode, names in MODE_FLAGS.items():
+    given = [f"--{n}" for n in names if FLAGS[n].present]
+    if given and FLAGS.mode != mode:
+      raise ValueError(f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to "
+                       f"--mode={mode}, not --mode={FLAGS.mode}; drop "
+                       f"{'it' if len(given) == 1 else 'them'} or pass --mode={mode}")
 
 
 def focus_settings(saved=None):

@@ -19,10 +19,10 @@ import os
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from launch.cli_errors import fail_cleanly, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (ml_collections).")
@@ -155,7 +155,20 @@ def _fusion(config) -> str:
 
 
 def _chunk_size(config) -> int:
-  return FLAGS.chunk_size or max(config.chunk_sizes)
+  return FLAGS.chunk_size if FLAGS.chunk_size is not None else max(config.chunk_sizes)
+
+
+def validate_flags(config, task: str) -> None:
+  """Checks the flags and the config's numbers before JAX starts compiling."""
+  from focus_jax.train.run_config import check_values
+  check_values(config)
+  for name in ("devices", "chunk_batch", "chunk_size"):
+    v = getattr(FLAGS, name)
+    if v is not None and v < 1:
+      raise ValueError(f"--{name} must be >= 1, got {v}")
+  if task == "focus_prefill" and FLAGS.tokens <= config.local_window:
+    raise ValueError(f"--tokens must exceed the local window ({config.local_window}) for a "
+                     f"FocusLLM prefill to hold any chunk, got {FLAGS.tokens}")
 
 
 def analyse(compiled) -> dict:
@@ -176,6 +189,7 @@ def gib(n) -> str:
 
 
 def run(config, mesh_text: str, devices: int, task: str) -> dict:
+  validate_flags(config, task)
   import jax
   from focus_jax import parallel
   if jax.device_count() < devices:
@@ -199,10 +213,16 @@ def run(config, mesh_text: str, devices: int, task: str) -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(f"plan: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(1)
   setup_logging()
+  path = config_flags.get_config_filename(FLAGS["config"])
+  if not os.path.isfile(path):
+    print(f"plan: error: --config={path}: no such file", file=sys.stderr)
+    sys.exit(1)
   config = FLAGS.config
   mesh_text = FLAGS.mesh if FLAGS.mesh is not None else config.mesh
+  fail_cleanly("plan", validate_flags, config, FLAGS.task)
   import jax
   if jax.device_count() < FLAGS.devices and not os.environ.get("FOCUS_JAX_PLAN_CHILD"):
     # virtual CPU devices must be requested before JAX starts: re-run in a child
@@ -217,4 +237,4 @@ def main(argv):
 if __name__ == "__main__":
   from launch.console import resolve_config_argv
   sys.argv = resolve_config_argv(sys.argv)
-  app.run(main)
+  run_cli("plan", main)

@@ -99,7 +99,8 @@ def test_load_save_export_exact(tmp_path, kv_heads, tied, bias, mlp_bias):
   assert_tree_equal(model2, want)
 
   export_hf(model2, extras["hf_config"], tmp_path / "export")
-  back, info = AutoModelForCausalLM.from_pretrained(tmp_path / "export", output_loading_info=True)
+  back, info = AutoModelForCausalLM.from_pretrained(tmp_path / "export", output_loading_info=True,
+                                                    local_files_only=True, trust_remote_code=False)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   back_sd = back.state_dict()
   assert set(back_sd) == set(sd)
@@ -171,7 +172,8 @@ def test_candidate_params_survive_round_trips(tmp_path, projs, bias):
                       candidate_projs=projs)
   export_hf(model, hf_cfg, tmp_path / "export", tokenizer_src_dir=tmp_path / "hf",
             focus_config=focus)
-  _, info = AutoModelForCausalLM.from_pretrained(tmp_path / "export", output_loading_info=True)
+  _, info = AutoModelForCausalLM.from_pretrained(tmp_path / "export", output_loading_info=True,
+                                                 local_files_only=True, trust_remote_code=False)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   model2, _ = load_hf(tmp_path / "export")
   assert read_focus_config(tmp_path / "export") == focus
@@ -237,7 +239,8 @@ def test_gguf_reverse_permutation_matches_transformers(tmp_path, kv_heads, tied)
   cfg = model.config
   assert (cfg.num_kv_heads, cfg.tie_word_embeddings, cfg.rope.theta) == (kv_heads, tied, 5000.0)
   assert_tree_equal(model, expected_params(sd, tied))
-  ref = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+  ref = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32,
+                                             local_files_only=True, trust_remote_code=False)
   for name, t in ref.state_dict().items():
     np.testing.assert_array_equal(t.numpy(), sd[name], err_msg=name)
   for key in ("num_key_value_heads", "tie_word_embeddings", "head_dim", "rms_norm_eps"):
@@ -356,7 +359,7 @@ def test_convert_and_export_cli(tmp_path):
   assert "load:" in r.stderr and "loaded layer" not in r.stderr  # one line per phase
   r = run_cli("launch.export_hf", f"--checkpoint={ckpt}", f"--out={out}")
   assert r.returncode == 0, r.stderr
-  back = AutoModelForCausalLM.from_pretrained(out)
+  back = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, trust_remote_code=False)
   for name, t in back.state_dict().items():
     np.testing.assert_array_equal(t.numpy(), sd[name], err_msg=name)
 

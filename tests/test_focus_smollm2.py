@@ -24,7 +24,8 @@ def test_smollm2_focus_matches_reference(decode):
   from focus_jax.eval.passkey import make_passkey_prompt
   path = assets.smollm2_hf_dir()
   model = add_candidates(device_put(load_hf(path)[0]))
-  ids, _ = make_passkey_prompt(AutoTokenizer.from_pretrained(path), 1400, depth=0.5, seed=0)
+  tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+  ids, _ = make_passkey_prompt(tok, 1400, depth=0.5, seed=0)
   fc = FocusConfig(chunk_size=S, local_window=WL, fragment_len=F, min_focus_len=1000)
   gen = generate_focus(model, ids, 4, focus=fc, decode=decode, stop_at_eos=False)
   ref = reference_focus(model, ids, S, WL, F, gen.tokens[:-1],

@@ -68,7 +68,8 @@ def test_logits_match_hf_and_survive_export(tmp_path, kv_heads, tied, rope, bias
 
   out = tmp_path / "export"
   export_hf(ours_model, hf_cfg, out)
-  back, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+  back, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True,
+                                                    local_files_only=True, trust_remote_code=False)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   with torch.no_grad():
     again = back.eval()(torch.from_numpy(ids.astype(np.int64))).logits.numpy()

@@ -117,11 +117,13 @@ def test_official_export_is_byte_identical_and_loads_in_transformers(folders):
   assert (config["beacon_param"], config["local_window"], config["memory_stride"]) == \
       (list(PROJS), WL, [S])
 
-  hf, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+  hf, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True,
+                                                  local_files_only=True, trust_remote_code=False)
   assert not info["missing_keys"], info
   beacons = {n for n in want if "beacon" in n}
   assert set(info["unexpected_keys"]) == beacons and len(beacons) == 2 * LAYERS * 4 + 1
-  original = AutoModelForCausalLM.from_pretrained(folders["plain"])
+  original = AutoModelForCausalLM.from_pretrained(folders["plain"],
+                                                  local_files_only=True, trust_remote_code=False)
   ids = torch.tensor([[1, 5, 17, 42, 9, 77, 30]])
   with torch.no_grad():
     np.testing.assert_array_equal(hf(ids).logits.numpy(), original(ids).logits.numpy())

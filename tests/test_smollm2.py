@@ -18,8 +18,9 @@ def smollm2():
   from transformers import AutoModelForCausalLM, AutoTokenizer
   from focus_jax.checkpoint.hf import load_hf
   hf_dir = assets.smollm2_hf_dir()
-  model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-  tok = AutoTokenizer.from_pretrained(hf_dir)
+  model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True,
+                                               trust_remote_code=False).eval()
+  tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True, trust_remote_code=False)
   ours, _ = load_hf(assets.smollm2_gguf())  # straight from the GGUF file
   return model, tok, device_put(ours)
 

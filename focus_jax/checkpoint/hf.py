@@ -63,11 +63,8 @@ def load_hf(path, dtype: str = "float32") -> tuple:
     raise CheckpointError(f"{path} is neither an HF checkpoint folder nor a .gguf file")
   if not (path / "config.json").is_file():
     raise CheckpointError(f"{path} has no config.json (expected an HF checkpoint folder)")
-  try:
-    hf_cfg = json.loads((path / "config.json").read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e})") from None
-  cfg = _model_config(hf_cfg, dtype, path)
+  hf_cfg = _read_config(path)
+  cfg = _model_config(hf_cfg, dtype, path / "config.json")
   files = _weight_files(path)
   cand_file = path / CANDIDATE_FILE
   if cand_file.is_file():
@@ -109,9 +106,10 @@ def read_focus_config(path) -> FocusConfig | None:
   f = path / FOCUS_CONFIG_FILE
   if (path.is_dir() and not f.is_file() and not (path / CANDIDATE_FILE).is_file()
       and (path / "config.json").is_file()):
-    hf_cfg = json.loads((path / "config.json").read_text())
+    hf_cfg = _read_config(path)
     with SafetensorsReader(_weight_files(path)) as r:
-      projs = official_layout.beacon_projs(r, _model_config(hf_cfg, "float32", path), hf_cfg, path)
+      projs = official_layout.beacon_projs(r, _model_config(hf_cfg, "float32", path / "config.json"),
+                                           hf_cfg, path)
     return official_layout.focus_config(hf_cfg, projs, path / "config.json") if projs else None
   if not path.is_dir() or not f.is_file():
     return None
@@ -119,6 +117,15 @@ def read_focus_config(path) -> FocusConfig | None:
     return FocusConfig.from_dict(json.loads(f.read_text()))
   except (ValueError, TypeError) as e:
     raise CheckpointError(f"{f}: invalid FocusLLM config ({e})") from None
+
+
+def _read_config(path: Path) -> dict:
+  """config.json of an HF folder as a dict (one CheckpointError naming the file otherwise)."""
+  f = path / "config.json"
+  try:
+    return json.loads(f.read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{f} is not valid JSON ({e})") from None
 
 
 def _model_config(hf_cfg: dict, dtype: str, src) -> ModelConfig:
@@ -136,8 +143,12 @@ def _weight_files(path: Path) -> list[Path]:
   if index.is_file():
     try:
       shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
       raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+    for s in shards:
+      if not isinstance(s, str) or not _inside(path, s):
+        raise CheckpointError(f"{index}: shard {s!r} is not a file name inside {path}; "
+                              "an index may only name shards in its own folder")
     missing = [s for s in shards if not (path / s).is_file()]
     if missing:
       raise CheckpointError(f"{path}: shards {missing} listed in {index.name} are missing")
@@ -151,6 +162,16 @@ def _weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path} holds PyTorch .bin weights only; re-save it with "
                           "save_pretrained(..., safe_serialization=True)")
   raise CheckpointError(f"{path} holds no *.safetensors weights")
+
+
+def _inside(folder: Path, name: str) -> bool:
+  """Whether the shard `name` of an index is a plain relative name that resolves (links
+  followed) inside `folder`."""
+  p = Path(name)
+  if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
+    return False
+  root = folder.resolve()
+  return (folder / p).resolve().is_relative_to(root)
 
 
 def _warn_unused(names, model, prefix: str = layout.CANDIDATE) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Callable, Iterator
 
 import jax
+import ml_dtypes
 import numpy as np
 from flax import nnx, traverse_util
 
@@ -111,20 +112,40 @@ def assemble(cfg: ModelConfig, dtype, get: Callable[[Tensor, int | None], np.nda
   memory is the model plus one tensor. Returns a LlamaForCausalLM holding
   numpy arrays (jnp operations accept them; `jax.device_put` moves them).
   """
+  check_fits(cfg, dtype)
   graphdef, state = abstract_model(cfg, candidate_projs)
   pure = {}
   specs = tensors(cfg, candidate_projs)
   for t in (t for t in specs if not t.stacked):
-    pure[t.path] = _to_ours(get(t, None), t.matrix, dtype)
+    pure[t.path] = _to_ours(_float(get(t, None), t.hf()), t.matrix, dtype)
   stacked = [t for t in specs if t.stacked]
   for t in stacked:
     pure[t.path] = np.empty((cfg.num_layers, *t.shape), dtype)
   for i in range(cfg.num_layers):
     for t in stacked:
-      pure[t.path][i] = _to_ours(get(t, i), t.matrix, dtype)
+      pure[t.path][i] = _to_ours(_float(get(t, i), t.hf(i)), t.matrix, dtype)
     log(f"loaded layer {i + 1}/{cfg.num_layers} ({len(stacked)} tensors)")
   nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(pure, sep="/"))
   return nnx.merge(graphdef, state)
+
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64),
+                np.dtype(ml_dtypes.bfloat16))
+
+
+def _float(x: np.ndarray, name: str) -> np.ndarray:
+  """Weights are floating point: an integer or boolean tensor is refused, not cast."""
+  if np.dtype(x.dtype) not in FLOAT_DTYPES:
+    raise CheckpointError(f"tensor {name} holds {x.dtype} values; weights must be floating "
+                          "point (float16, bfloat16, float32)")
+  return x
+
+
+def check_fits(cfg: ModelConfig, dtype) -> None:
+  """Refuses a model whose parameters cannot fit in this machine's memory (before allocating)."""
+  from focus_jax.memory import check_bytes
+  check_bytes(cfg.param_count() * np.dtype(dtype).itemsize,
+              f"the model's {cfg.param_count():,} parameters ({np.dtype(dtype).name})")
 
 
 def _to_ours(x: np.ndarray, matrix: bool, dtype) -> np.ndarray:

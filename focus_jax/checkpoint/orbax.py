@@ -36,13 +36,14 @@ TOKENIZER_DIR = "tokenizer"
 
 
 @contextlib.contextmanager
-def _checkpointer():
-  """A StandardCheckpointer, with Orbax's per-step INFO logs (via absl) held at WARNING."""
+def _checkpointer(quiet: bool = False):
+  """A StandardCheckpointer, with Orbax's per-step INFO logs (via absl) held at WARNING
+  (quiet: its warnings and errors too, for reads whose failures become one CheckpointError)."""
   import orbax.checkpoint as ocp
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   if absl_logger.getEffectiveLevel() > logging.DEBUG:
-    absl_logger.setLevel(logging.WARNING)
+    absl_logger.setLevel(logging.CRITICAL if quiet else logging.WARNING)
   try:
     with ocp.StandardCheckpointer() as ckpt:
       yield ckpt
@@ -101,8 +102,14 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
   if dtype is not None:
     dtype_of(dtype)
     cfg = cfg.replace(param_dtype=dtype)
-  with _checkpointer() as ckpt:
-    stored = _plain(ckpt.metadata(directory / PARAMS_DIR).item_metadata.tree)
+  with _checkpointer(quiet=True) as ckpt:
+    try:
+      meta = ckpt.metadata(directory / PARAMS_DIR).item_metadata
+    except Exception as e:  # Orbax raises many types on damaged metadata
+      raise _unreadable(directory, e) from None
+    if meta is None:
+      raise _unreadable(directory, "its metadata cannot be read")
+    stored = _plain(meta.tree)
     legacy = layout.is_legacy(stored)
     paths = list(layout.flat(layout.from_legacy(stored) if legacy else stored))
     graphdef, abstract = layout.abstract_model(cfg, layout.candidate_projs_of(paths))
@@ -113,7 +120,7 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
                             f"(e.g. {diff[:3]}); re-run launch.convert")
     if legacy:
       log.info("%s is in the previous flat layout; reading it through the name map", directory)
-      pure = layout.from_legacy(_plain(ckpt.restore(directory / PARAMS_DIR)))
+      pure = layout.from_legacy(_plain(_restore(ckpt, directory)))
       pure = layout.tree_map_paths(lambda p, x: _cast(np.asarray(x), dtype), pure)
       if not as_numpy:
         pure = layout.tree_map_paths(lambda p, x: jax.device_put(x, _sharding(sharding, p, x)),
@@ -123,7 +130,7 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
           lambda p, m: jax.ShapeDtypeStruct(
               tuple(m.shape), np.dtype(dtype_of(dtype)) if dtype else np.dtype(m.dtype),
               sharding=_sharding(sharding, p, m)), stored)
-      pure = _plain(ckpt.restore(directory / PARAMS_DIR, target))
+      pure = _plain(_restore(ckpt, directory, target))
       if as_numpy:
         pure = layout.tree_map_paths(lambda p, x: _cast(np.asarray(x), dtype), pure)
   nnx.replace_by_pure_dict(abstract, pure)
@@ -133,7 +140,10 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
             "focus_config": None, "tokenizer_dir": None}
   fc = _read_json(directory / FOCUS_CONFIG)
   if fc is not None:
-    extras["focus_config"] = FocusConfig.from_dict(fc)
+    try:
+      extras["focus_config"] = FocusConfig.from_dict(fc)
+    except (ValueError, TypeError) as e:
+      raise CheckpointError(f"{directory / FOCUS_CONFIG}: invalid FocusLLM config ({e})") from None
   tok = directory / TOKENIZER_DIR
   if tok.is_dir() and any(tok.iterdir()):
     extras["tokenizer_dir"] = str(tok)
@@ -173,4 +183,28 @@ def _plain(tree):
 
 
 def _read_json(path: Path):
-  return json.loads(path.read_text()) if path.is_file() else None
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def _unreadable(directory: Path, e) -> CheckpointError:
+  """The one error for params Orbax cannot read (damaged, truncated or foreign files)."""
+  if isinstance(e, str):
+    why = e
+  else:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    why = type(e).__name__ + (f": {first[:120]}" if first else "")
+  return CheckpointError(f"{directory / PARAMS_DIR}: the checkpoint's params are unreadable "
+                         f"({why}); re-run launch.convert or restore the folder")
+
+
+def _restore(ckpt, directory: Path, target=None):
+  """ckpt.restore of the params, its errors (damaged or truncated files) as one CheckpointError."""
+  try:
+    return ckpt.restore(directory / PARAMS_DIR, target)
+  except Exception as e:
+    raise _unreadable(directory, e) from None

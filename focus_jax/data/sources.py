@@ -56,7 +56,10 @@ def read_documents(paths: Sequence[str], jsonl_field: str = "text") -> Iterator[
               raise ValueError(f"{f}:{ln}: expected a JSON object, got {type(rec).__name__}")
             if jsonl_field not in rec:
               raise ValueError(f"{f}:{ln} has no field {jsonl_field!r} (fields: {sorted(rec)})")
-            yield str(rec[jsonl_field])
+            if not isinstance(rec[jsonl_field], str):
+              raise ValueError(f"{f}:{ln}: field {jsonl_field!r} must be a string, got "
+                               f"{type(rec[jsonl_field]).__name__}")
+            yield rec[jsonl_field]
       else:
         with open(f, encoding="utf-8", errors="replace") as fh:
           yield fh.read()
@@ -190,8 +193,8 @@ class ByteTokenizer:
 
 def hf_tokenizer(tokenizer_dir: str, add_special_tokens: bool = True):
   """A str -> ids callable from an HF tokenizer directory, and its name for caching."""
-  from transformers import AutoTokenizer
-  tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+  from focus_jax.checkpoint.tokenizer import load_tokenizer
+  tok = load_tokenizer(tokenizer_dir)
 
   def encode(text: str) -> list[int]:
     return tok(text, add_special_tokens=add_special_tokens)["input_ids"]

@@ -5,9 +5,6 @@ and decoded with tok.decode(ids, skip_special_tokens=True).
 """
 from __future__ import annotations
 
-import os
-
-
 class ByteTok:
   """focus_jax.data.ByteTokenizer with the HF calling convention (BOS 1, EOS 2, vocab 259)."""
   bos_token_id, eos_token_id, vocab_size = 1, 2, 259
@@ -26,7 +23,7 @@ def load(kind: str, tokenizer_dir: str | None):
     return ByteTok()
   if kind != "checkpoint":
     raise ValueError(f"--tokenizer must be checkpoint or byte, got {kind!r}")
-  if not tokenizer_dir or not os.path.isdir(tokenizer_dir) or not os.listdir(tokenizer_dir):
+  from focus_jax.checkpoint.tokenizer import has_tokenizer, load_tokenizer
+  if not has_tokenizer(tokenizer_dir):
     raise ValueError("the checkpoint has no tokenizer; pass --tokenizer=byte for byte-level ids")
-  from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(tokenizer_dir)
+  return load_tokenizer(tokenizer_dir)

@@ -145,7 +145,7 @@ def prepare_workdir(config, workdir: str, *, export_only: bool = False,
 
   hold: takes WORKDIR's lock into this stack once the checks pass, before the first write.
   """
-  run_config.config_dict(config)  # a config that cannot be read fails here, not half-way
+  run_config.check_values(config)  # a config that cannot be read or holds a bad value fails here
   if _remote(workdir):
     log.warning("--workdir=%s is not a local path: it is neither checked for foreign files "
                 "nor locked against a second trainer", workdir)

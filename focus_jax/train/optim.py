@@ -1,6 +1,8 @@
 """Learning-rate schedules and the AdamW optimiser of the candidate projections."""
 from __future__ import annotations
 
+import math
+
 import optax
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -15,7 +17,7 @@ def make_schedule(lr: float, steps: int, warmup_steps: int = 0, decay: str = "li
   """
   if decay not in SCHEDULES:
     raise ValueError(f"unknown lr decay {decay!r}; expected one of {SCHEDULES}")
-  if lr <= 0 or steps < 1 or warmup_steps < 0:
+  if not math.isfinite(lr) or lr <= 0 or steps < 1 or warmup_steps < 0:
     raise ValueError(f"need lr > 0, steps >= 1 and warmup_steps >= 0 "
                      f"(lr={lr}, steps={steps}, warmup_steps={warmup_steps})")
   rest = max(steps - warmup_steps, 1)
@@ -35,7 +37,14 @@ def make_schedule(lr: float, steps: int, warmup_steps: int = 0, decay: str = "li
 def make_optimizer(schedule: optax.Schedule, *, weight_decay: float = 0.0, b1: float = 0.9,
                    b2: float = 0.999, eps: float = 1e-8,
                    clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-  """Global-norm clipping (when clip_norm > 0) followed by AdamW."""
+  """Global-norm clipping (when clip_norm > 0; 0 or None: off) followed by AdamW."""
+  if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm >= 0):
+    raise ValueError(f"clip_norm must be a finite number >= 0 (0 disables clipping), "
+                     f"got {clip_norm}")
+  if not (math.isfinite(weight_decay) and weight_decay >= 0):
+    raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+  if not (0 <= b1 < 1 and 0 <= b2 < 1) or not (math.isfinite(eps) and eps > 0):
+    raise ValueError(f"need 0 <= b1, b2 < 1 and eps > 0 (b1={b1}, b2={b2}, eps={eps})")
   parts = []
   if clip_norm:
     parts.append(optax.clip_by_global_norm(clip_norm))

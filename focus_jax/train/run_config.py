@@ -12,6 +12,7 @@ allow_change. Nothing is written to WORKDIR before this check passes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -39,6 +40,51 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def config_dict(config) -> dict:
   return json.loads(config.to_json())
+
+
+# (field, lowest allowed value, whether the lowest is excluded, integer) of the numeric
+# training settings; checked before a run writes anything.
+_BOUNDS = (("steps", 1, False, True), ("batch_size", 1, False, True), ("accum", 1, False, True),
+           ("warmup_steps", 0, False, True), ("checkpoint_every", 1, False, True),
+           ("keep_checkpoints", 1, False, True), ("local_window", 1, False, True),
+           ("min_len", 1, False, True), ("max_len", 1, False, True),
+           ("span_min", 1, False, True), ("target_tokens", 1, False, True),
+           ("fragment_max", 1, False, True), ("fused_groups", 0, False, True),
+           ("lr", 0, True, False), ("weight_decay", 0, False, False),
+           ("clip_norm", 0, False, False), ("end_lr_factor", 0, False, False),
+           ("eps", 0, True, False), ("b1", 0, False, False), ("b2", 0, False, False),
+           ("retrieval_frac", 0, False, False))
+_BELOW_ONE = ("b1", "b2")
+_AT_MOST_ONE = ("retrieval_frac",)
+
+
+def check_values(config) -> dict:
+  """Refuses (ValueError naming the field) a numeric training setting that is not a finite
+  number in its range: steps <= 0, a negative lr or weight_decay, clip_norm < 0 or NaN
+  (0 turns clipping off), b1 >= 1, ... Returns config_dict(config)."""
+  from focus_jax.config import as_int
+  d = config_dict(config)
+  for name, low, strict, integer in _BOUNDS:
+    if name not in d:
+      continue
+    v = d[name]
+    if integer:
+      v = as_int(v, f"config.{name}")
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+      raise ValueError(f"config.{name} must be a finite number, got {v!r}")
+    if v < low or (strict and v == low):
+      raise ValueError(f"config.{name} must be {'>' if strict else '>='} {low}, got {v}"
+                       + (" (0 disables clipping)" if name == "clip_norm" else ""))
+    if (name in _BELOW_ONE and v >= 1) or (name in _AT_MOST_ONE and v > 1):
+      raise ValueError(f"config.{name} must be {'< 1' if name in _BELOW_ONE else '<= 1'}, "
+                       f"got {v}")
+  if "min_len" in d and "max_len" in d and d["max_len"] < d["min_len"]:
+    raise ValueError(f"config.max_len ({d['max_len']}) must be >= config.min_len "
+                     f"({d['min_len']})")
+  for s in d.get("chunk_sizes") or ():
+    if as_int(s, "config.chunk_sizes") < 1:
+      raise ValueError(f"config.chunk_sizes must be >= 1, got {d['chunk_sizes']}")
+  return d
 
 
 def saved_config(workdir: str) -> dict | None:
