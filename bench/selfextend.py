@@ -1,6 +1,8 @@
 r"""SelfExtend on the real SmolLM2-135M (trained context 8192): memory, time, passkey.
 
   .venv/bin/python bench/selfextend.py speed --lengths=16384,32768,65536
+  .venv/bin/python bench/selfextend.py speed --lengths=4096,8192 --group_size=4 \
+      --blocks=256x256,512x512
   .venv/bin/python bench/selfextend.py passkey --lengths=16384,32768 --seeds=3 \
       [--plain_lengths=16384]
 
@@ -8,7 +10,9 @@ speed: one prefill forward over Shakespeare tokens, logits at the last position
 only, in a fresh subprocess per length; reports peak RSS (ru_maxrss of that
 process: model load, compilation and the forward), compile and run wall seconds
 and the run's CPU seconds (all threads; steadier than wall time on a shared
-machine).
+machine). --blocks: attention block sizes QxK (default the library's 256x256);
+with several, each length runs once per setting, alternately, and the summary
+gives each setting's run CPU seconds over the first's.
 passkey: the official protocol (focus_jax.eval.passkey): prompt of the given
 length, greedy decoding of exactly as many tokens as the answer (KV cache,
 SelfExtend in prefill and decoding), exact match; the plain model (no
@@ -136,8 +140,9 @@ def main():
   ap.add_argument("--plain_lengths", default="", help="lengths also run with the plain model")
   ap.add_argument("--group_size", type=int, default=None)
   ap.add_argument("--neighbor_window", type=int, default=1024)
-  ap.add_argument("--block_q", type=int, default=512)
-  ap.add_argument("--block_k", type=int, default=512)
+  ap.add_argument("--blocks", default="256x256", help="attention blocks QxK, comma separated")
+  ap.add_argument("--block_q", type=int, default=256, help=argparse.SUPPRESS)
+  ap.add_argument("--block_k", type=int, default=256, help=argparse.SUPPRESS)
   ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--seed0", type=int, default=0)
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -148,11 +153,18 @@ def main():
     return (child_speed if args.what == "speed" else child_passkey)(args)
   runs = [(int(n), "selfextend") for n in args.lengths.split(",") if n]
   runs += [(int(n), "plain") for n in args.plain_lengths.split(",") if n]
+  blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",") if b]
   rows = []
   for n, mode in runs:
-    rows += _run_child(args.what, n, mode, args)
+    for args.block_q, args.block_k in blocks:
+      rows += _run_child(args.what, n, mode, args)
   summary = {"what": args.what, "neighbor_window": args.neighbor_window,
-             "block_q": args.block_q, "block_k": args.block_k, "rows": rows}
+             "blocks": args.blocks, "rows": rows}
+  if args.what == "speed" and len(blocks) > 1:
+    cpu = {(r["mode"], r["tokens"], r["block_q"], r["block_k"]): r["run_cpu_s"] for r in rows}
+    summary["run_cpu_ratio_vs_first_blocks"] = {
+        f"{m}@{n} {bq}x{bk}": round(c / cpu[(m, n) + blocks[0]], 3)
+        for (m, n, bq, bk), c in cpu.items() if (bq, bk) != blocks[0]}
   if args.what == "passkey":
     acc = {}
     for r in rows:
