@@ -77,7 +77,7 @@ def cell(kind: str, length: int, args) -> dict:
   t_start = time.perf_counter()
   tmp = tempfile.mkdtemp(prefix="long_scaling_")
   folder = trained.hf_folder(os.path.join(tmp, "hf"))
-  tok = AutoTokenizer.from_pretrained(folder)
+  tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
   ids, answer = make_passkey_prompt(tok, length, depth=0.5, seed=0)
   steps = answer_token_count(tok, answer)
   rec = dict(kind=kind, length=length, tokens=int(ids.size), answer=answer, new_tokens=steps)

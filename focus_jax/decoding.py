@@ -34,11 +34,22 @@ def kv_cache_bytes(cfg, tokens: int) -> int:
   return 2 * cfg.num_layers * int(tokens) * cfg.num_kv_heads * cfg.head_dim * itemsize
 
 
-def check_cache_fits(cfg, tokens: int, what: str) -> None:
-  """Refuses, before allocating, a KV cache of `tokens` positions that cannot fit."""
+def activation_bytes(cfg, tokens: int) -> int:
+  """Bytes a prefill of `tokens` holds live in one layer (the layers run one at a time):
+  the residual stream, its normed copy and the attention output (3 x hidden), q/k/v and
+  the MLP's gate and up projections. A lower bound on what XLA allocates."""
+  per = (3 * cfg.hidden_size + 2 * cfg.intermediate_size
+         + (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim)
+  return int(tokens) * per * np.dtype(cfg.dtype).itemsize
+
+
+def check_cache_fits(cfg, tokens: int, what: str, prefill_tokens: int = 0) -> None:
+  """Refuses, before allocating, a KV cache of `tokens` positions (and the activations of a
+  prefill over `prefill_tokens`) that cannot fit."""
   from focus_jax.memory import available_bytes, check_bytes
   avail, where = available_bytes()
-  check_bytes(kv_cache_bytes(cfg, tokens), f"the KV cache for {what}",
+  check_bytes(kv_cache_bytes(cfg, tokens) + activation_bytes(cfg, prefill_tokens),
+              f"the KV cache{' and prefill activations' if prefill_tokens else ''} for {what}",
               "lower max_new_tokens or the prompt length", limit=avail, where=where)
 
 
@@ -94,7 +105,8 @@ def generate_plain(model, prompt: Sequence[int], max_new_tokens: int,
     raise ValueError("max_new_tokens must be >= 1")
   eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
   check_cache_fits(cfg, bucket(bucket(prompt.size) + max_new_tokens),
-                   f"{prompt.size} prompt + {max_new_tokens} new tokens")
+                   f"{prompt.size} prompt + {max_new_tokens} new tokens",
+                   prefill_tokens=bucket(prompt.size))
   graphdef, state = nnx.split(model)
   # Left-pad the prompt to a bucket so prompts of similar length share one compilation.
   t = bucket(prompt.size)

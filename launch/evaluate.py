@@ -283,13 +283,13 @@ def check_lengths_fit(setup):
   import numpy as np
   from focus_jax.decoding import bucket, check_cache_fits
   n = max(_ints(FLAGS.lengths, "lengths"))
-  tokens = bucket(bucket(n) + 16)
+  tokens, prefill = bucket(bucket(n) + 16), bucket(n)
   if setup.mode == "focus":
     from focus_jax.focus.inference import cache_tokens
     from focus_jax.focus.plan import make_plan
     plan = make_plan(np.zeros(n, np.int32), setup.cfg, setup.focus, row_multiple=setup.chunk_batch)
-    tokens = cache_tokens(plan, 16, setup.focus_decode == "exact")
-  check_cache_fits(setup.cfg, tokens, f"--lengths={n} (plus the answer)")
+    tokens, prefill = cache_tokens(plan, 16, setup.focus_decode == "exact"), 0
+  check_cache_fits(setup.cfg, tokens, f"--lengths={n} (plus the answer)", prefill_tokens=prefill)
 
 
 def evaluate():

@@ -274,12 +274,15 @@ def test_huge_max_new_tokens_is_refused_with_the_estimate(d, path):
   per = 2 * 2 * 2 * 8 * 4
   if path == "plain":
     want = (-(-(256 + n) // 256) * 256) * per      # bucketed prompt + new tokens
+    # + the prefill over the 256-token bucket: 3 x 32 + 2 x 48 + (4 + 2 x 2) x 8 floats a token
+    want += 256 * (3 * 32 + 2 * 48 + 8 * 8) * 4
     want = f"would need {want / 2**30:,.1f} GiB"
     run = lambda: generate_plain(model, [1, 2, 3], n)
   else:
     want = None
     run = lambda: generate_focus(model, list(range(3, 43)), n, focus=fc)
-  with pytest.raises(ValueError, match=r"the KV cache for .* would need .* more than the") as e:
+  with pytest.raises(ValueError, match=r"the KV cache (and prefill activations )?for .* would "
+                     r"need .* more than the") as e:
     run()
   if want is not None:
     assert want in str(e.value), (want, str(e.value))
@@ -523,10 +526,20 @@ def test_focus_generate_refuses_a_huge_max_new_tokens(d):
 
 
 def test_evaluate_refuses_lengths_beyond_memory_up_front(d, tmp_path):
+  # 2e7 tokens: KV cache 2 x 2 layers x 2 KV heads x 8 x 4 bytes = 256 bytes a token (5.1 GB)
+  # + prefill activations 1024 bytes a token (20.5 GB): 23.8 GiB, more than this machine has
+  from focus_jax.memory import available_bytes
+  n = 20_000_000
+  need = (-(-(-(-n // 256) * 256 + 16) // 256) * 256) * 256 + (-(-n // 256) * 256) * 1024
+  if need <= available_bytes()[0]:
+    n = 200_000_000_000      # a machine with that much: a length no machine holds
   r = run_cli("launch.evaluate", f"--checkpoint={d / 'ckpt'}", "--task=passkey",
-              "--tokenizer=byte", f"--out={tmp_path / 'out'}", "--lengths=20000000000",
+              "--tokenizer=byte", f"--out={tmp_path / 'out'}", f"--lengths={n}",
               "--depths=0.5")
-  one_line_error(r, "launch.evaluate", "--lengths=20000000000", "would need", "more than the")
+  line = one_line_error(r, "launch.evaluate", f"--lengths={n}", "KV cache and prefill "
+                        "activations", "more than the")
+  if n == 20_000_000:
+    assert f"would need {need / 2**30:,.1f} GiB" in line, (need, line)
   assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
