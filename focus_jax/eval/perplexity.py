@@ -8,12 +8,14 @@ everything before it in the window; at most `max_windows` (100) windows in
 all, in document order; documents shorter than L tokens are skipped.
 Perplexity = exp(total loss / total target tokens).
 
-FocusLLM: each of the 256 targets is predicted by exact decoding with the
+FocusLLM: each of the 256 targets gets the logits of exact decoding with the
 earlier targets forced as generated tokens (focus_jax.eval.runner
 .token_logprobs): every target reads a memory rebuilt from chunks extended by
-the targets before it, as exact generation does. The cost is one exact decoding
-step per target (a chunk update of every chunk plus a local recomputation),
-i.e. 256 steps per window, against one forward for plain and SelfExtend.
+the targets before it, as exact generation does. Instead of one exact step
+per target (a chunk update of every chunk plus a local recomputation), all
+targets of a window come from one batched pass (focus_jax.focus.exact_batch:
+each chunk row runs once with every forced token, the local inputs as one
+batch), equal to the step-by-step result.
 
 --context=C (a control, any mode) scores the same targets with only BOS and
 the last C tokens before them as the prompt: plain at C = FocusLLM's local
@@ -44,10 +46,7 @@ def read_documents(paths, jsonl_field: str = "text") -> list[tuple[str, str]]:
   for f in files:
     if f.suffix == ".jsonl":
       for n, row in enumerate(read_jsonl(f, required=(jsonl_field,)), 1):
-        if not isinstance(row[jsonl_field], str):
-          raise DataError(f"{f}: document {n}: field {jsonl_field!r} must be a string, got "
-                          f"{type(row[jsonl_field]).__name__}")
-        docs.append((f"{f.name}#{n}", row[jsonl_field]))
+        docs.append((f"{f.name}#{n}", str(row[jsonl_field])))
     else:
       docs.append((f.name, f.read_text(encoding="utf-8", errors="replace")))
   if not docs:

@@ -9,9 +9,10 @@ of the model API touches this file and nothing else in focus_jax.eval.
 
 Modes: "plain" (cached decoding), "selfextend" (G chosen to cover prompt +
 targets unless given), "focus" (FocusLLM; teacher-forced log-probabilities
-use exact decoding with the targets forced as the generated tokens, so every
+equal exact decoding with the targets forced as the generated tokens, so every
 target reads a memory rebuilt from the chunks extended by the targets before
-it, exactly as in exact generation).
+it, exactly as in exact generation; computed in one batched pass by
+focus_jax.focus.exact_batch).
 """
 from __future__ import annotations
 
@@ -114,16 +115,28 @@ def token_logprobs(setup: ModeSetup, prompt: Sequence[int],
   """float64 [len(targets)]: log p(targets[k] | prompt ++ targets[:k]) in the setup's mode.
 
   plain / selfextend: the prompt is prefilled into a KV cache, then the
-  targets run as one block on it (all their logits at once). focus: exact
-  decoding with the targets forced (one chunk update and one local
-  recomputation per target; fast decoding freezes the memory instead).
+  targets run as one block on it (all their logits at once). focus, exact:
+  what exact decoding with the targets forced gives (one chunk update and one
+  local recomputation per target), computed in one batched pass
+  (exact_batch.exact_logits); a prompt too short for the memory is scored by
+  the plain model, BOS first, as generation does. focus, fast: fast decoding
+  with the targets forced (the memory frozen after the prompt).
   """
   prompt = np.asarray(prompt, np.int32)
   targets = np.asarray(targets, np.int32)
   if prompt.ndim != 1 or prompt.size == 0 or targets.ndim != 1 or targets.size == 0:
     raise ValueError("prompt and targets must be non-empty 1-D id sequences")
   cfg = setup.cfg
-  if setup.mode == "focus":
+  if setup.mode == "focus" and setup.focus_decode == "exact":
+    from focus_jax.focus.exact_batch import exact_logits
+    from focus_jax.focus.plan import make_plan
+    plan = make_plan(prompt, cfg, setup.focus)
+    if plan.focus:
+      return _log_softmax_at(exact_logits(setup.model, prompt, targets, focus=setup.focus,
+                                          mesh=setup.mesh, chunk_batch=setup.chunk_batch),
+                             targets)
+    prompt = plan.local   # the plain model on BOS ++ prompt, as generate_focus runs it
+  elif setup.mode == "focus":
     gen = generate(setup, prompt, targets.size, _Forced(targets), stop_at_eos=False)
     return _log_softmax_at(gen.logits, targets)
   se = None

@@ -10,6 +10,11 @@ Queries and keys are cut into blocks; each query block runs an online softmax
 over the key blocks and skips blocks with no visible key, so memory is
 O(L * block) and a causal pass does about half the work of a dense one.
 
+Private keys: with `q_seg` / `k_seg` ([B,T] / [B,S] int), a key whose segment
+is not 0 is visible only to queries of the same segment (on top of the order
+rule): FocusLLM's batched exact pass gives every candidate its own segment,
+so each one sees itself and no other token sees it.
+
 SelfExtend: with `selfextend=(G, W)` the logit of (i, j) uses ordinary RoPE
 when q_pos - k_pos < W and grouped RoPE (keys at k_pos // G, queries at
 q_pos // G + W - W // G) beyond, inside the same softmax.
@@ -42,10 +47,12 @@ def _blocks(x, axis, n):
 
 
 def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
-              selfextend=None, block_q=256, block_k=256, dense_max=512 * 1024):
+              selfextend=None, block_q=256, block_k=256, dense_max=512 * 1024,
+              q_seg=None, k_seg=None):
   """Attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd].
 
   q_pos, q_order: [B,T] int; k_pos, k_order: [B,S] int; k_valid: [B,S] bool.
+  q_seg, k_seg: optional [B,T] / [B,S] int segments (private keys, above); both or none.
   Returns [B,T,H,hd] in q's dtype. Rows with no visible key return zeros; a NaN
   score stays NaN in its row.
   """
@@ -81,12 +88,18 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
   kp = _blocks(_pad_axis(k_pos, 1, nk * bk), 1, nk)
   ko = _blocks(_pad_axis(k_order, 1, nk * bk), 1, nk)
   kv_ = _blocks(_pad_axis(k_valid, 1, nk * bk, False), 1, nk)
+  if (q_seg is None) != (k_seg is None):
+    raise ValueError("q_seg and k_seg go together")
+  qsg = None if q_seg is None else _blocks(_pad_axis(q_seg, 1, nq * bq), 1, nq)
+  ksg = None if k_seg is None else _blocks(_pad_axis(k_seg, 1, nk * bk), 1, nk)
 
   def kv_step(qblk, carry, kblk):
-    q_list, q_p, q_o = qblk
+    q_list, q_p, q_o, q_s = qblk
     m, l, acc = carry
-    k_list, v_b, k_p, k_o, k_ok = kblk
+    k_list, v_b, k_p, k_o, k_ok, k_s = kblk
     allowed = k_ok[:, None, :] & (k_o[:, None, :] <= q_o[:, :, None])  # [B,bq,bk]
+    if k_s is not None:
+      allowed &= (k_s[:, None, :] == 0) | (k_s[:, None, :] == q_s[:, :, None])
 
     def compute(_):
       def logits(qx, kx):
@@ -124,17 +137,17 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
             jnp.zeros((b, kvh, g, bq, hd), jnp.float32))
     step = jax.checkpoint(functools.partial(kv_step, qblk))
     if nk == 1:
-      (m, l, acc), _ = step(init, jax.tree.map(lambda x: x[0], (ks, vb, kp, ko, kv_)))
+      (m, l, acc), _ = step(init, jax.tree.map(lambda x: x[0], (ks, vb, kp, ko, kv_, ksg)))
     else:
-      (m, l, acc), _ = jax.lax.scan(step, init, (ks, vb, kp, ko, kv_))
+      (m, l, acc), _ = jax.lax.scan(step, init, (ks, vb, kp, ko, kv_, ksg))
     # A row with no visible key keeps m = NEG_INF and returns exact zeros; a NaN score
     # makes m NaN, and the NaN must come out, not turn into a zero row.
     seen = ~(m <= NEG_INF / 2)
     return jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
 
   if nq == 1:
-    out = q_step(jax.tree.map(lambda x: x[0], (qs, qp, qo)))[None]
+    out = q_step(jax.tree.map(lambda x: x[0], (qs, qp, qo, qsg)))[None]
   else:
-    out = jax.lax.map(q_step, (qs, qp, qo))  # [nq, B, KV, G, bq, hd]
+    out = jax.lax.map(q_step, (qs, qp, qo, qsg))  # [nq, B, KV, G, bq, hd]
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, nq * bq, h, hd)[:, :t]
   return out.astype(q.dtype)

@@ -111,9 +111,11 @@ class LayerContext(NamedTuple):
   k_valid: jax.Array
   inv_freq: jax.Array
   cand_onehot: jax.Array | None   # [B, T] bool: the token using candidate projections
-  cand_idx: jax.Array | None      # [B]
+  cand_idx: jax.Array | None      # [B], or [B, M] for several candidates per row
   cache_index: jax.Array | None
   attn: AttnOptions
+  q_seg: jax.Array | None = None  # [B, T] with `private`: a private token's own segment
+  k_seg: jax.Array | None = None  # [B, S] (0: a key every query may see)
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
@@ -195,14 +197,19 @@ class Attention(nnx.Module):
     cand = getattr(self, candidate_attr(p))
     if cand is None or ctx.cand_onehot is None:
       return y
+    if ctx.cand_idx.ndim == 2:   # several candidates per row: scattered back to their tokens
+      rows = jnp.arange(y.shape[0])[:, None]
+      return y.at[rows, ctx.cand_idx].set(cand(x_cand).astype(y.dtype), mode="drop")
     return jnp.where(ctx.cand_onehot[..., None], cand(x_cand), y)
 
   def __call__(self, h, ctx: LayerContext, prefix_kv=None, cache_kv=None):
     """h [B,T,D] -> (out [B,T,D], updated cache (k, v) or None, this call's pre-RoPE (k, v))."""
     cfg = self.config
     b, t, _ = h.shape
-    pick = lambda x: (None if ctx.cand_idx is None else
-                      jnp.take_along_axis(x, ctx.cand_idx[:, None, None], axis=1))
+    idx = None if ctx.cand_idx is None else (
+        ctx.cand_idx[:, :, None] if ctx.cand_idx.ndim == 2 else ctx.cand_idx[:, None, None])
+    pick = lambda x: (None if idx is None else
+                      jnp.take_along_axis(x, idx, axis=1, mode="clip"))
     hc = pick(h)
     q = self._proj("q", h, ctx, hc).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = self._proj("k", h, ctx, hc).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
@@ -219,7 +226,8 @@ class Attention(nnx.Module):
     o = ctx.attn
     a = attention(q, keys.astype(h.dtype), vals.astype(h.dtype), ctx.positions, ctx.k_pos,
                   ctx.order, ctx.k_order, ctx.k_valid, ctx.inv_freq, selfextend=o.selfextend,
-                  block_q=o.block_q, block_k=o.block_k, dense_max=o.dense_max)
+                  block_q=o.block_q, block_k=o.block_k, dense_max=o.dense_max,
+                  q_seg=ctx.q_seg, k_seg=ctx.k_seg)
     a = a.reshape(b, t, cfg.num_heads * cfg.head_dim)
     return self._proj("o", a, ctx, pick(a)), new_cache, (k, v)
 
@@ -240,7 +248,7 @@ class DecoderLayer(nnx.Module):
 
 def make_context(cfg: ModelConfig, positions, *, order=None, valid=None, candidate_index=None,
                  prefix: Prefix | None = None, cache: KVCache | None = None,
-                 attn: AttnOptions = AttnOptions()) -> LayerContext:
+                 attn: AttnOptions = AttnOptions(), private=None) -> LayerContext:
   """The per-call inputs every layer shares: key positions/order/validity, RoPE, candidate."""
   b, t = positions.shape
   order = positions if order is None else order
@@ -248,8 +256,22 @@ def make_context(cfg: ModelConfig, positions, *, order=None, valid=None, candida
   cand_onehot = cand_idx = None
   if candidate_index is not None:
     candidate_index = jnp.asarray(candidate_index)
-    cand_onehot = jnp.arange(t)[None, :] == candidate_index[:, None]
-    cand_idx = jnp.clip(candidate_index, 0, t - 1)
+    if candidate_index.ndim == 2:   # [B, M]: several candidates per row
+      inside = (candidate_index >= 0) & (candidate_index < t)
+      cand_onehot = jnp.any((jnp.arange(t)[None, :, None] == candidate_index[:, None, :])
+                            & inside[:, None, :], axis=-1)
+      cand_idx = jnp.where(inside, candidate_index, t)   # t: dropped when scattered back
+    else:
+      cand_onehot = jnp.arange(t)[None, :] == candidate_index[:, None]
+      cand_idx = jnp.clip(candidate_index, 0, t - 1)
+  q_seg = k_seg = None
+  if private is not None:
+    if cache is not None:
+      raise ValueError("private tokens cannot be written to a KV cache")
+    q_seg = jnp.where(jnp.asarray(private, bool), jnp.arange(1, t + 1)[None, :], 0)
+    q_seg = jnp.broadcast_to(q_seg, (b, t)).astype(jnp.int32)
+    k_seg = q_seg if prefix is None else jnp.concatenate(
+        [jnp.zeros(prefix.valid.shape, jnp.int32), q_seg], 1)
   max_pos = jnp.max(positions)
   k_pos, k_ord, k_val, index = positions, order, valid, None
   if cache is not None:
@@ -264,7 +286,7 @@ def make_context(cfg: ModelConfig, positions, *, order=None, valid=None, candida
     k_ord = jnp.concatenate([prefix.order, k_ord], 1)
     k_val = jnp.concatenate([prefix.valid, k_val], 1)
   return LayerContext(positions, order, k_pos, k_ord, k_val, inv_frequencies(cfg, max_pos + 1),
-                      cand_onehot, cand_idx, index, attn)
+                      cand_onehot, cand_idx, index, attn, q_seg, k_seg)
 
 
 def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs, std: float) -> DecoderLayer:
@@ -399,13 +421,15 @@ class LlamaForCausalLM(nnx.Module):
   def __call__(self, tokens, positions, *, order=None, valid=None, candidate_index=None,
                prefix: Prefix | None = None, cache: KVCache | None = None,
                attn: AttnOptions = AttnOptions(), logits: str | None = "all",
-               return_kv: bool = False) -> ForwardOutput:
+               return_kv: bool = False, private=None) -> ForwardOutput:
     """Runs the decoder on tokens [B,T] at RoPE positions [B,T].
 
     order: [B,T] mask order (default: positions); key j is visible to query i
       when valid[j] and order[j] <= order[i]. valid: [B,T] bool (default all).
     candidate_index: [B] int, the one token per row that uses the candidate
-      projections (-1 or out of range: none).
+      projections (-1 or out of range: none), or [B, M]: M such tokens per row.
+    private: [B,T] bool, tokens whose keys only they themselves see (no other
+      token attends to them; FocusLLM's batched exact pass). Not with a cache.
     prefix: extra keys before the tokens (FocusLLM memory).
     cache: KVCache; the tokens' keys are written at cache.index and attention
       runs over the whole cache.
@@ -416,7 +440,8 @@ class LlamaForCausalLM(nnx.Module):
       raise ValueError("candidate_index given but the model has no candidate projections "
                        "(focus_jax.model.add_candidates)")
     ctx = make_context(self.config, positions, order=order, valid=valid,
-                       candidate_index=candidate_index, prefix=prefix, cache=cache, attn=attn)
+                       candidate_index=candidate_index, prefix=prefix, cache=cache, attn=attn,
+                       private=private)
     x, new_kv, kv = self.model(tokens, ctx, prefix, cache, return_kv)
     new_cache = None
     if cache is not None:  # the cache's slots are the last ones of the key arrays
