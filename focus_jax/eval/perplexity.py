@@ -46,7 +46,10 @@ def read_documents(paths, jsonl_field: str = "text") -> list[tuple[str, str]]:
   for f in files:
     if f.suffix == ".jsonl":
       for n, row in enumerate(read_jsonl(f, required=(jsonl_field,)), 1):
-        docs.append((f"{f.name}#{n}", str(row[jsonl_field])))
+        if not isinstance(row[jsonl_field], str):
+          raise DataError(f"{f}: document {n}: field {jsonl_field!r} must be a string, got "
+                          f"{type(row[jsonl_field]).__name__}")
+        docs.append((f"{f.name}#{n}", row[jsonl_field]))
     else:
       docs.append((f.name, f.read_text(encoding="utf-8", errors="replace")))
   if not docs:
