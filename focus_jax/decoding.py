@@ -43,14 +43,15 @@ def activation_bytes(cfg, tokens: int) -> int:
   return int(tokens) * per * np.dtype(cfg.dtype).itemsize
 
 
-def check_cache_fits(cfg, tokens: int, what: str, prefill_tokens: int = 0) -> None:
+def check_cache_fits(cfg, tokens: int, what: str, prefill_tokens: int = 0,
+                     hint: str = "lower max_new_tokens or the prompt length") -> None:
   """Refuses, before allocating, a KV cache of `tokens` positions (and the activations of a
   prefill over `prefill_tokens`) that cannot fit."""
   from focus_jax.memory import available_bytes, check_bytes
   avail, where = available_bytes()
   check_bytes(kv_cache_bytes(cfg, tokens) + activation_bytes(cfg, prefill_tokens),
               f"the KV cache{' and prefill activations' if prefill_tokens else ''} for {what}",
-              "lower max_new_tokens or the prompt length", limit=avail, where=where)
+              hint, limit=avail, where=where)
 
 
 def finite_row(logits, step: int) -> np.ndarray:

@@ -289,7 +289,8 @@ def check_lengths_fit(setup):
     from focus_jax.focus.plan import make_plan
     plan = make_plan(np.zeros(n, np.int32), setup.cfg, setup.focus, row_multiple=setup.chunk_batch)
     tokens, prefill = cache_tokens(plan, 16, setup.focus_decode == "exact"), 0
-  check_cache_fits(setup.cfg, tokens, f"--lengths={n} (plus the answer)", prefill_tokens=prefill)
+  check_cache_fits(setup.cfg, tokens, f"--lengths={n} (plus the answer)", prefill_tokens=prefill,
+                   hint="lower --lengths")
 
 
 def evaluate():

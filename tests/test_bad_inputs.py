@@ -537,7 +537,7 @@ def test_evaluate_refuses_lengths_beyond_memory_up_front(d, tmp_path):
               "--tokenizer=byte", f"--out={tmp_path / 'out'}", f"--lengths={n}",
               "--depths=0.5")
   line = one_line_error(r, "launch.evaluate", f"--lengths={n}", "KV cache and prefill "
-                        "activations", "more than the")
+                        "activations", "more than the", "; lower --lengths")
   if n == 20_000_000:
     assert f"would need {need / 2**30:,.1f} GiB" in line, (need, line)
   assert not (tmp_path / "out" / "results.jsonl").exists()
