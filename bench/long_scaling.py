@@ -22,7 +22,7 @@ abs logit difference per step). Every cell decodes an official passkey
 prompt (key at depth 0.5, seed 0) for as many tokens as the answer and
 records whether it is right. Figures: first_call_s (process start -> first
 logits: load, compile, chunk encoding, local step), step_s (mean per later
-token), peak_rss_mb (ru_maxrss of the cell's process), chunk_gflops_per_s (the
+token; step_s_last the last one, past any compile), peak_rss_mb (ru_maxrss of the cell's process), chunk_gflops_per_s (the
 chunk encoding's model FLOPs per wall second, compile taken out) and, for
 selfextend and plain, forward_gflops_per_s; matmul_peak_gflops is a jitted
 2048x2048 float32 matmul measured in the same process before and after, and
@@ -107,16 +107,15 @@ def cell(kind: str, length: int, args) -> dict:
     model, _ = load_hf(folder)
     model = device_put(model)
     cfg = model.config
-    tm = {}
+    tm, timed = {}, _Timed()
     t0, c0 = time.perf_counter(), time.process_time()
     if kind.startswith("focus"):
       from focus_jax.focus.inference import generate_focus
       from focus_jax.focus.plan import make_plan
       fc = _focus_config(folder)
-      gen = generate_focus(model, ids, steps, focus=fc, decode=kind.split("_")[1],
+      gen = generate_focus(model, ids, steps, timed, focus=fc, decode=kind.split("_")[1],
                            chunk_batch=args.chunk_batch, stop_at_eos=False, timings=tm,
                            cache_dtype=args.cache_dtype or None)
-      first = tm["prefill"]
       plan = make_plan(ids, cfg, fc, args.chunk_batch)
       chunk_compile = compile_s(t0, t0 + tm["chunks"])
       rec.update(chunks_s=tm["chunks"], chunks_cpu_s=tm["chunks_cpu"],
@@ -130,24 +129,38 @@ def cell(kind: str, length: int, args) -> dict:
       if kind == "selfextend":
         se = resolve(cfg, ids.size + steps)
         rec.update(group_size=se.group_size, neighbor_window=se.neighbor_window)
-        gen = generate_selfextend(model, ids, steps, stop_at_eos=False)
+        gen = generate_selfextend(model, ids, steps, timed, stop_at_eos=False)
       else:
-        gen = generate_plain(model, ids, steps, stop_at_eos=False)
-      first = None   # generate_plain has no laps: first call = whole call minus the steps
+        gen = generate_plain(model, ids, steps, timed, stop_at_eos=False)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     comp = compile_s(t0)
-    rec.update(total_s=total, cpu_s=cpu, compile_s=comp,
-               step_s=(float(np.mean(tm["steps"])) if tm.get("steps") else None),
+    first, gaps = timed.times[0] - t0, np.diff(timed.times)
+    rec.update(total_s=total, cpu_s=cpu, compile_s=comp, prefill_s=first,
+               step_s=float(gaps.mean()) if gaps.size else None,
+               step_s_last=float(gaps[-1]) if gaps.size else None,
                output=tok.decode(gen.tokens.tolist()),
                correct=is_correct(tok, gen.tokens, answer))
-    if first is None:
+    if not kind.startswith("focus"):   # the prefill forward (its compile taken out)
       rec["forward_gflops_per_s"] = (model_flops(cfg, ids.size, ids.size * (ids.size + 1) / 2)
-                                     / 1e9 / max(total - comp, 1e-9))
-    rec["first_call_s"] = (t0 - t_start) + (first if first is not None else total)
+                                     / 1e9 / max(first - compile_s(t0, timed.times[0]), 1e-9))
+    rec["first_call_s"] = (t0 - t_start) + first
     rec["peak_rss_mb"] = _rss_mb()
   peak1 = matmul_peak()
   rec.update(matmul_peak_gflops=max(peak0[0], peak1[0]), loadavg=(load0, os.getloadavg()[0]))
   return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}
+
+
+class _Timed:
+  """Greedy picks that record when each step's logits arrived (every mode calls pick once
+  per generated token, with that step's logits already computed)."""
+
+  def __init__(self):
+    from focus_jax.sampling import Sampler
+    self.sampler, self.times = Sampler(), []
+
+  def pick(self, logits, step):
+    self.times.append(time.perf_counter())
+    return self.sampler.pick(logits, step)
 
 
 class _Forced:
@@ -209,8 +222,9 @@ def plot(path: str, fig_path: str):
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   series = {}
   for r in rows:
-    if "error" not in r:
-      series.setdefault((r["kind"], r.get("cache_dtype_arg", "")), []).append(r)
+    if "error" not in r and r["kind"] != "cache_diff":
+      dt = r.get("cache_dtype_arg", "") if r["kind"] in ("focus_exact", "generate") else ""
+      series.setdefault((r["kind"], dt), []).append(r)
   for (kind, dt), rs in sorted(series.items()):
     rs.sort(key=lambda r: r["length"])
     x = [r["length"] for r in rs]
