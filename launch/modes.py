@@ -35,7 +35,8 @@ flags.DEFINE_enum("chunk_cache_dtype", None, ["float32", "bfloat16"],
 FOCUS_FLAGS = ("chunk_size", "local_window", "fragment_len", "min_focus_len")
 # The flags of each mode: given with another --mode they would be silently ignored.
 MODE_FLAGS = {"selfextend": ("group_size", "neighbor_window"),
-              "focus": FOCUS_FLAGS + ("focus_decode", "mesh", "chunk_batch")}
+              "focus": FOCUS_FLAGS + ("focus_decode", "mesh", "chunk_batch",
+                                      "chunk_cache_dtype")}
 
 
 def check_mode_flags():
