@@ -106,6 +106,20 @@ def test_too_short_is_refused(model):
     E.exact_logits(model, ids[:-3], ids[-3:], focus=fc)
 
 
+def test_nan_and_oversized_are_refused(model, small_case):
+  """NaN logits stop the pass as they stop exact decoding; a pass too large for the
+  machine is refused before anything is allocated."""
+  from focus_jax.decoding import NonFiniteLogits
+  prompt, targets, _ = small_case
+  broken = nnx.clone(model)
+  k = broken.model.layers.self_attn.candidate_k_proj.kernel   # NaN memory keys
+  k[...] = k[...] * np.nan
+  with pytest.raises(NonFiniteLogits, match="at generation step 0"):
+    E.exact_logits(broken, prompt, targets, focus=SMALL)
+  with pytest.raises(ValueError, match=r"exact pass over 8 chunks .* would need"):
+    E.exact_logits(model, prompt, np.full(10_000_000, 7, np.int32), focus=SMALL)
+
+
 def test_training_function_value_and_gradient(model, small_case):
   """target_logprobs: jitted value = log-softmax of the reference rows; its gradient in
   the candidate parameters matches a central difference along a random direction."""

@@ -38,6 +38,7 @@ from flax import nnx
 
 from focus_jax import parallel
 from focus_jax.config import FocusConfig
+from focus_jax.decoding import check_cache_fits, finite_row
 from focus_jax.focus import core
 from focus_jax.focus import steps as S_
 from focus_jax.focus.plan import make_plan, round_up, shard_order
@@ -228,7 +229,9 @@ def exact_logits(model, prompt: Sequence[int], targets: Sequence[int], *,
   local_batch: local rows per call (0: as many as fit LOCAL_TOKENS tokens); calls
   group rows of the same padded length (local_groups).
   Raises ValueError when the prompt is too short for the memory (the plain
-  model scores those; see eval.runner.token_logprobs).
+  model scores those; see eval.runner.token_logprobs) or, before allocating,
+  when the pass cannot fit in memory; decoding.NonFiniteLogits (as exact
+  decoding) when a row holds NaN or inf.
   """
   import time
   prompt = np.asarray(prompt, np.int32)
@@ -255,6 +258,12 @@ def exact_logits(model, prompt: Sequence[int], targets: Sequence[int], *,
   calls = -(-first.n_chunks // per_call)   # as few calls as that allows, evenly filled
   batch = round_up(max(chunk_batch, -(-first.n_chunks // calls)), shards)
   plan = make_plan(prompt, cfg, focus, row_multiple=batch)
+  row_tokens = plan.row_len - 1 + 2 * k_
+  # the K memories of every row, taken once more per local call, and one call's activations
+  check_cache_fits(cfg, 2 * plan.n_rows * k_,
+                   f"the exact pass over {plan.n_chunks} chunks ({plan.n_rows} rows) x {k_} "
+                   "targets", prefill_tokens=max(batch * row_tokens, LOCAL_TOKENS),
+                   hint="lower the number of scored tokens or the input length")
   graphdef, state = nnx.split(model)
   state = shard_state(state, mesh)
   perm = shard_order(plan.n_rows, shards, batch)
@@ -280,6 +289,8 @@ def exact_logits(model, prompt: Sequence[int], targets: Sequence[int], *,
     logits = local(state, mem_k, mem_v, row_valid, mem_pos, jnp.asarray(lt), jnp.asarray(lv),
                    jnp.asarray(rows_j, jnp.int32))
     out[rows_j] = np.asarray(logits, np.float32)
+  for j in range(k_):   # NaN or inf: refused as exact decoding refuses it, at its step
+    finite_row(out[j], j)
   if timings is not None:
     timings.update(total=time.perf_counter() - t0, local_calls=len(groups),
                    local_batch=max(len(r) for r, _ in groups))
