@@ -274,6 +274,20 @@ def validate_flags():
                        f"--lengths window ({min(_ints(FLAGS.lengths, 'lengths'))})")
   else:
     _at_least(1, "limit", "max_length")
+  if FLAGS.task == "ruler" or FLAGS.synthetic:   # generated tasks: samples at each length
+    from focus_jax.eval import infinitebench_synth, ruler
+    _at_least(1, "seeds")
+    lengths = _ints(FLAGS.lengths, "lengths")
+    if not lengths or min(lengths) < 2:
+      raise ValueError(f"--lengths must be prompt lengths >= 2 tokens, got "
+                       f"{','.join(FLAGS.lengths) or 'none'}")
+    if FLAGS.task == "ruler":
+      ruler.parse_tasks(FLAGS.ruler_tasks)
+    else:
+      bad = [d for d in FLAGS.datasets or () if d not in infinitebench_synth.TASKS]
+      if bad:
+        raise ValueError(f"--synthetic has no task {', '.join(bad)}; known: "
+                         f"{', '.join(infinitebench_synth.TASKS)}")
 
 
 def check_lengths_fit(setup):

@@ -114,10 +114,15 @@ def test_synthetic_cli_end_to_end(tmp_path):
   save_checkpoint(tmp_path / "ckpt", LlamaForCausalLM(cfg, nnx.Rngs(0), std=0.3))
   out = tmp_path / "run"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  r = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--checkpoint={tmp_path / 'ckpt'}",
-                      "--tokenizer=byte", "--task=infinitebench", "--synthetic", f"--out={out}",
-                      "--lengths=1024", "--datasets=passkey,kv_retrieval", "--seeds=2"],
-                     cwd=root, capture_output=True, text=True, timeout=300)
+  args = [sys.executable, "-m", "launch.evaluate", f"--checkpoint={tmp_path / 'ckpt'}",
+          "--tokenizer=byte", "--task=infinitebench", "--synthetic", f"--out={out}",
+          "--lengths=1024", "--datasets=passkey,kv_retrieval", "--seeds=2"]
+  bad = subprocess.run(args + ["--datasets=passkey,code_debug"], cwd=root, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+      "launch.evaluate: error: --synthetic has no task code_debug; known: passkey, "
+      "number_string, kv_retrieval, math_find"]
+  r = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   scores = json.loads(r.stdout.strip().splitlines()[-1])["scores"]
   for task in ("passkey", "kv_retrieval"):

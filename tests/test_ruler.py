@@ -191,5 +191,11 @@ def test_ruler_cli_end_to_end(tmp_path):
   assert (out / "ruler.png").stat().st_size > 0
   from focus_jax.eval.report import by_task_table, table
   assert "| RULER 1024 | RULER avg |" in table([out])
+  for bad, msg in (("--ruler_tasks=qa_1", "unknown --ruler_tasks qa_1"),
+                   ("--seeds=0", "--seeds must be >= 1, got 0")):
+    r = subprocess.run(args + [bad], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"launch.evaluate: error: {msg}" + ("; known: " + ", ".join(R.TASKS) if "qa" in bad
+                                            else "")]
   assert by_task_table([out]).splitlines()[2].endswith(
       f"| niah_single_2 | {summary['scores']['by_task']['niah_single_2']['1024']:.1f} |")
