@@ -27,6 +27,7 @@ rows in batches over the mesh's chunk axis, then the local rows.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Sequence
 
 import jax
@@ -233,7 +234,6 @@ def exact_logits(model, prompt: Sequence[int], targets: Sequence[int], *,
   when the pass cannot fit in memory; decoding.NonFiniteLogits (as exact
   decoding) when a row holds NaN or inf.
   """
-  import time
   prompt = np.asarray(prompt, np.int32)
   targets = np.asarray(targets, np.int32)
   if prompt.ndim != 1 or prompt.size == 0 or targets.ndim != 1 or targets.size == 0:
