@@ -82,6 +82,10 @@ def test_samples_without_facts_are_unchanged():
 def test_bad_settings():
   with pytest.raises(ValueError, match="retrieval_frac"):
     _spec(1.5)
+  # a fact document ends at its answer: K > 1 targets would run past its end
+  with pytest.raises(ValueError, match="needs target_tokens = 1"):
+    SampleSpec(local_window=128, chunk_sizes=(64,), span_min=30, target_tokens=4,
+               max_len=768, retrieval_frac=0.5)
   with pytest.raises(ValueError, match="FactInserter"):
     make_tasks(_window(), _spec(1.0), 0, 0, 1)
   # too short to hold the facts a local window before the question: a plain sample

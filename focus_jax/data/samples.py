@@ -54,6 +54,9 @@ class SampleSpec:
       raise ValueError(f"chunk_sizes must be positive, got {self.chunk_sizes}")
     if not 0.0 <= self.retrieval_frac <= 1.0:
       raise ValueError(f"retrieval_frac must be in [0, 1], got {self.retrieval_frac}")
+    if self.retrieval_frac > 0 and self.target_tokens > 1:
+      raise ValueError(f"retrieval_frac > 0 needs target_tokens = 1, got {self.target_tokens}: "
+                       "a fact document ends at its answer, so it has fewer than K targets")
     if self.target_tokens < 1 or self.fragment_max < 1 or self.row_multiple < 1:
       raise ValueError("target_tokens, fragment_max and row_multiple must be >= 1")
     if self.span_min < 1 or self.span_max < self.span_min:
