@@ -585,6 +585,21 @@ try:
 except ValueError as e:
   print("ERROR", str(e).splitlines()[0], file=sys.stderr)
 ck.close()
+import asyncio, gc, logging
+logging.basicConfig()     # the "ERROR:asyncio:..." format in which the runs printed them
+for kind in ("future", "task"):   # an abandoned read ends as either, depending on timing
+  loop = asyncio.new_event_loop()
+  if kind == "future":
+    f = loop.create_future()
+    f.set_exception(ValueError("abandoned read"))
+  else:
+    async def read():
+      raise ValueError("abandoned read")
+    f = loop.create_task(read())
+    loop.run_until_complete(asyncio.sleep(0))
+  del f
+  gc.collect()
+  loop.close()
 
 
 class Late:   # a read completing into the closed loop, the way TensorStore's callbacks do

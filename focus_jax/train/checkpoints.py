@@ -29,10 +29,15 @@ log = logging.getLogger(__name__)
 
 
 class _AbandonedRestore(logging.Filter):
-  """asyncio's "Task exception was never retrieved" for the reads of a failed restore."""
+  """asyncio's "Task/Future exception was never retrieved" for the reads of a failed restore.
+
+  Which of the two asyncio prints depends on whether the abandoned read was wrapped in a
+  Task or left a bare Future, which depends on timing; both are dropped."""
+
+  _ABANDONED = ("Task exception was never retrieved", "Future exception was never retrieved")
 
   def filter(self, record):
-    return not record.getMessage().startswith("Task exception was never retrieved")
+    return not record.getMessage().startswith(self._ABANDONED)
 
 
 def _quiet_abandoned_restores() -> None:
