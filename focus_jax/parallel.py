@@ -228,12 +228,12 @@ def fsdp_gather(tree, table: dict, prefix: str = "", skip: int = 0, only=None):
 
 
 def merge_shards(graphdef, states, specs=None, remat: str = "none"):
-  """The model, inside shard_map, from this device's shards of its States.
+  """(model, ScanOptions), inside shard_map, from this device's shards of its States.
 
   specs: the States' PartitionSpecs (state_specs), or None when replicated.
   Top-level leaves split over "fsdp" are all-gathered here; each layer's inside
-  the layer scan (ScanOptions.gather), so one layer at a time is whole on a
-  device. remat: the layer scan's rematerialisation policy.
+  the layer scan (the ScanOptions' gather, to pass to the model's calls), so one
+  layer at a time is whole on a device. remat: the layer scan's rematerialisation policy.
   """
   from flax import nnx
   from focus_jax.model import ScanOptions
@@ -245,9 +245,7 @@ def merge_shards(graphdef, states, specs=None, remat: str = "none"):
     top_level = lambda key: not key.startswith(LAYERS_KEY)
     states = [fsdp_gather(st, table, only=top_level) for st in states]
     gather = lambda layer: fsdp_gather(layer, table, LAYERS_KEY, skip=1)
-  model = nnx.merge(graphdef, *states)
-  model.model.scan_options = ScanOptions(gather=gather, remat=remat)
-  return model
+  return nnx.merge(graphdef, *states), ScanOptions(gather=gather, remat=remat)
 
 
 def _check_specs(mesh: Mesh, specs, what: str):

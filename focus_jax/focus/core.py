@@ -27,7 +27,8 @@ the prefix without gradient, then the candidate over that layer's prefix K/V),
 so only one layer's prefix K/V is alive at a time.
 
 `model` is a LlamaForCausalLM (with candidate projections for chunk_step);
-`attn` (AttnOptions) says how attention runs.
+`attn` (AttnOptions) says how attention runs, `scan` (ScanOptions) how the
+layer scan does (e.g. FSDP's per-layer gather, parallel.merge_shards).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 
 from jax.ad_checkpoint import checkpoint_name
 
-from focus_jax.model.llama import AttnOptions, KVCache, Prefix, make_context
+from focus_jax.model.llama import AttnOptions, KVCache, Prefix, ScanOptions, make_context
 
 PREFIX_KV = "fused_prefix_kv"   # the values fused_candidates' backward pass keeps
 
@@ -53,8 +54,8 @@ def row_positions(valid, start=0):
   return start + jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def chunk_prefix(model, tokens, valid, cache_size: int,
-                 attn: AttnOptions = AttnOptions()) -> KVCache:
+def chunk_prefix(model, tokens, valid, cache_size: int, attn: AttnOptions = AttnOptions(),
+                 scan: ScanOptions = ScanOptions()) -> KVCache:
   """KV cache of every token of each row except its last one (the candidate).
 
   tokens: [n, C] int, valid: [n, C] bool (left padding). The cache holds
@@ -71,7 +72,7 @@ def chunk_prefix(model, tokens, valid, cache_size: int,
   pos = row_positions(val)
   cfg = model.config
   if c > 1:
-    k, v = model(toks, pos, valid=val, logits=None, return_kv=True, attn=attn).kv
+    k, v = model(toks, pos, valid=val, logits=None, return_kv=True, attn=attn, scan=scan).kv
   else:
     k = v = jnp.zeros((cfg.num_layers, n, 0, cfg.num_kv_heads, cfg.head_dim), cfg.dtype)
   free = cache_size - (c - 1)
@@ -118,7 +119,8 @@ def put_rows(cache: KVCache, rows: KVCache, start) -> KVCache:
                  upd(cache.order, rows.order, 0), upd(cache.valid, rows.valid, 0), cache.index)
 
 
-def chunk_step(model, cache: KVCache, tokens, valid, attn: AttnOptions = AttnOptions()):
+def chunk_step(model, cache: KVCache, tokens, valid, attn: AttnOptions = AttnOptions(),
+               scan: ScanOptions = ScanOptions()):
   """Runs t new tokens per row [n, t] on top of `cache`; the last one is the candidate.
 
   Positions continue each row's own numbering (the count of valid cache
@@ -136,14 +138,14 @@ def chunk_step(model, cache: KVCache, tokens, valid, attn: AttnOptions = AttnOpt
   pos = row_positions(valid, jnp.sum(cache.valid, axis=1, dtype=jnp.int32))
   cand = jnp.full((n,), t - 1, jnp.int32)
   k, v = model(tokens, pos, valid=valid, candidate_index=cand, prefix=cache_prefix(cache),
-               logits=None, return_kv=True, attn=attn).kv
+               logits=None, return_kv=True, attn=attn, scan=scan).kv
   if t > 1:
     cache = append(cache, k[:, :, :-1], v[:, :, :-1], pos[:, :-1], valid[:, :-1])
   return k[:, :, -1], v[:, :, -1], cache
 
 
 def chunk_step_streamed(model, cache: KVCache, tokens, valid, rows: int, n_batches=None,
-                        attn: AttnOptions = AttnOptions()):
+                        attn: AttnOptions = AttnOptions(), scan: ScanOptions = ScanOptions()):
   """`chunk_step` run over batches of `rows` rows in a loop inside the trace.
 
   Each batch reads its rows of the cache (upcast to the compute dtype per
@@ -164,7 +166,8 @@ def chunk_step_streamed(model, cache: KVCache, tokens, valid, rows: int, n_batch
     cache, mem_k, mem_v = carry
     r0 = j * rows
     pick = lambda x: jax.lax.dynamic_slice_in_dim(x, r0, rows, 0)
-    k, v, sub = chunk_step(model, cache_rows(cache, r0, rows), pick(tokens), pick(valid), attn)
+    k, v, sub = chunk_step(model, cache_rows(cache, r0, rows), pick(tokens), pick(valid), attn,
+                           scan)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r0, 1)
     return put_rows(cache, sub, r0), put(mem_k, k), put(mem_v, v)
 
@@ -175,7 +178,7 @@ def chunk_step_streamed(model, cache: KVCache, tokens, valid, rows: int, n_batch
 
 
 def fused_candidates(model, tokens, valid, *, groups: int = 0,
-                     attn: AttnOptions = AttnOptions()):
+                     attn: AttnOptions = AttnOptions(), scan: ScanOptions = ScanOptions()):
   """The candidates' pre-RoPE K/V of rows [n, C] (last token), prefix in the same layer scan.
 
   Equals chunk_prefix (under stop_gradient) + chunk_step of the candidate
@@ -213,7 +216,7 @@ def fused_candidates(model, tokens, valid, *, groups: int = 0,
 
   init = (jax.lax.stop_gradient(embed(toks)), embed(tokens[:, -1:]))
   keep_kv = jax.checkpoint_policies.save_only_these_names(PREFIX_KV)
-  _, (k, v) = model.model.scan_layers(step, init, remat=keep_kv, groups=groups)
+  _, (k, v) = model.model.scan_layers(step, init, scan=scan, remat=keep_kv, groups=groups)
   return k, v
 
 

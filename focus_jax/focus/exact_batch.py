@@ -43,7 +43,7 @@ from focus_jax.decoding import check_cache_fits, finite_row
 from focus_jax.focus import core
 from focus_jax.focus import steps as S_
 from focus_jax.focus.plan import make_plan, round_up, shard_order
-from focus_jax.model import AttnOptions
+from focus_jax.model import AttnOptions, ScanOptions
 from focus_jax.parallel import axis_size, make_mesh, shard, shard_state, sharding, spec
 
 CHUNK_TOKENS = 16384   # chunk-pass tokens per call (rows x (C - 1 + 2K)) before the mesh
@@ -57,7 +57,8 @@ def forced_tokens(prompt_last: int, targets) -> np.ndarray:
   return np.concatenate([[int(prompt_last)], t[:-1]]).astype(np.int32)
 
 
-def chunk_memories(model, tokens, valid, row_valid, forced, attn: AttnOptions = AttnOptions()):
+def chunk_memories(model, tokens, valid, row_valid, forced, attn: AttnOptions = AttnOptions(),
+                   scan: ScanOptions = ScanOptions()):
   """Memory entries of K exact steps in one forward of every chunk row.
 
   tokens, valid: [n, C] plan rows (left-padded, last column the candidate);
@@ -80,7 +81,7 @@ def chunk_memories(model, tokens, valid, row_valid, forced, attn: AttnOptions = 
   private = jnp.concatenate([jnp.zeros((n, c - 1 + k_), bool), jnp.ones((n, k_), bool)], 1)
   cand = jnp.broadcast_to(c - 1 + k_ + jnp.arange(k_, dtype=jnp.int32)[None], (n, k_))
   k, v = model(toks, pos, order=order, valid=val, candidate_index=cand, private=private,
-               logits=None, return_kv=True, attn=attn).kv
+               logits=None, return_kv=True, attn=attn, scan=scan).kv
   return k[:, :, c - 1 + k_:], v[:, :, c - 1 + k_:]
 
 
@@ -185,9 +186,9 @@ def _chunk_fn(graphdef, mesh, batch: int, attn: AttnOptions):
   b = batch // shards
 
   def body(specs, state, tokens, valid, row_valid, forced, mem_k, mem_v, j):
-    model = parallel.merge_shards(graphdef, (state,), specs)
+    model, scan = parallel.merge_shards(graphdef, (state,), specs)
     sl = lambda x: jax.lax.dynamic_slice_in_dim(x, j * b, b, 0)
-    k, v = chunk_memories(model, sl(tokens), sl(valid), sl(row_valid), forced, attn)
+    k, v = chunk_memories(model, sl(tokens), sl(valid), sl(row_valid), forced, attn, scan)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), j * b, 1)
     return put(mem_k, k), put(mem_v, v)
 

@@ -28,7 +28,7 @@ from flax import nnx
 
 from focus_jax.focus.core import (chunk_prefix, chunk_step, fused_candidates, memory_prefix,
                                   row_positions)
-from focus_jax.model import CandidateParam
+from focus_jax.model import CandidateParam, ScanOptions
 
 
 def split_model(model):
@@ -44,7 +44,8 @@ def split_model(model):
 
 
 def candidate_memory(model, tokens, valid, *, stop_gradient_prefix: bool = True,
-                     fused: bool = False, fused_groups: int = 0):
+                     fused: bool = False, fused_groups: int = 0,
+                     scan: ScanOptions = ScanOptions()):
   """Per-layer pre-RoPE K/V of each row's candidate (its last token).
 
   tokens, valid: [R, C] LEFT-padded rows (focus.plan layout). Fully invalid
@@ -58,17 +59,17 @@ def candidate_memory(model, tokens, valid, *, stop_gradient_prefix: bool = True,
   if not stop_gradient_prefix:
     k, v = model(tokens, row_positions(valid), valid=valid,
                  candidate_index=jnp.full((r,), c - 1, jnp.int32), logits=None,
-                 return_kv=True).kv
+                 return_kv=True, scan=scan).kv
     return k[:, :, -1], v[:, :, -1]
   if fused:
-    return fused_candidates(model, tokens, valid, groups=fused_groups)
-  cache = jax.lax.stop_gradient(chunk_prefix(model, tokens, valid, c - 1))
-  k, v, _ = chunk_step(model, cache, tokens[:, -1:], valid[:, -1:])
+    return fused_candidates(model, tokens, valid, groups=fused_groups, scan=scan)
+  cache = jax.lax.stop_gradient(chunk_prefix(model, tokens, valid, c - 1, scan=scan))
+  k, v, _ = chunk_step(model, cache, tokens[:, -1:], valid[:, -1:], scan=scan)
   return k, v
 
 
 def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targets, *,
-                 bos_sees_memory: bool = True):
+                 bos_sees_memory: bool = True, scan: ScanOptions = ScanOptions()):
   """Cross-entropy per task of the local input attending to the memory.
 
   core.local_forward's layout, with logits only at the last K positions.
@@ -84,7 +85,7 @@ def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targe
   if not bos_sees_memory:
     prefix = prefix._replace(order=jnp.broadcast_to((n_valid + 1)[:, None], prefix.order.shape))
   out = model(local_tokens, row_positions(local_valid, n_valid), valid=local_valid,
-              prefix=prefix, logits=None)
+              prefix=prefix, logits=None, scan=scan)
   logits = model.unembed(out.hidden[:, -kk:])
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -93,7 +94,7 @@ def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targe
 
 def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
                 route: Callable | None = None, bos_sees_memory: bool = True,
-                fused: bool = False, fused_groups: int = 0):
+                fused: bool = False, fused_groups: int = 0, scan: ScanOptions = ScanOptions()):
   """Per-task losses of one micro-batch.
 
   batch: chunk_tokens [N,T,R,C], chunk_valid, local_tokens [N,T,Lq],
@@ -104,14 +105,15 @@ def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
   (n_memory, local_tokens, local_valid, targets, kind); under shard_map it
   collects the memory rows of the other chunk devices and may keep a share
   of the tasks.
-  bos_sees_memory: see local_losses; fused, fused_groups: see candidate_memory.
+  bos_sees_memory: see local_losses; fused, fused_groups: see candidate_memory; scan:
+  the layer scan's options (model.ScanOptions).
   Returns (ce [M] float32, kind [M]) for the M tasks kept (N*T without route).
   """
   n, t, r, c = batch["chunk_tokens"].shape
   mk, mv = candidate_memory(model, batch["chunk_tokens"].reshape(n * t * r, c),
                             batch["chunk_valid"].reshape(n * t * r, c),
                             stop_gradient_prefix=stop_gradient_prefix, fused=fused,
-                            fused_groups=fused_groups)
+                            fused_groups=fused_groups, scan=scan)
   mk = mk.reshape(mk.shape[0], n * t, r, *mk.shape[2:])
   mv = mv.reshape(mv.shape[0], n * t, r, *mv.shape[2:])
   local = {k: batch[k].reshape((n * t,) + batch[k].shape[2:])
@@ -119,7 +121,8 @@ def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
   if route is not None:
     mk, mv, local = route(mk, mv, local)
   ce = local_losses(model, mk, mv, local["n_memory"], local["local_tokens"],
-                    local["local_valid"], local["targets"], bos_sees_memory=bos_sees_memory)
+                    local["local_valid"], local["targets"], bos_sees_memory=bos_sees_memory,
+                    scan=scan)
   return ce, local["kind"]
 
 

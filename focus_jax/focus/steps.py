@@ -74,13 +74,13 @@ def encode_fn(graphdef, mesh, batch: int, keep: bool, attn: AttnOptions = AttnOp
   b = batch // shards
 
   def body(specs, state, tokens, valid, cache, mem_k, mem_v, j):
-    model = parallel.merge_shards(graphdef, (state,), specs)
+    model, scan = parallel.merge_shards(graphdef, (state,), specs)
     r0 = j * b
     tok = jax.lax.dynamic_slice_in_dim(tokens, r0, b, 0)
     val = jax.lax.dynamic_slice_in_dim(valid, r0, b, 0)
     size = cache.k.shape[2] if keep else tok.shape[1] - 1
-    pc = core.chunk_prefix(model, tok, val, size, attn)
-    mk, mv, _ = core.chunk_step(model, pc, tok[:, -1:], val[:, -1:], attn)
+    pc = core.chunk_prefix(model, tok, val, size, attn, scan)
+    mk, mv, _ = core.chunk_step(model, pc, tok[:, -1:], val[:, -1:], attn, scan)
     mem_k = jax.lax.dynamic_update_slice_in_dim(mem_k, mk.astype(mem_k.dtype), r0, 1)
     mem_v = jax.lax.dynamic_update_slice_in_dim(mem_v, mv.astype(mem_v.dtype), r0, 1)
     if keep:
@@ -160,12 +160,12 @@ def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions(), step_rows: 
     n = row_valid.shape[0]
     toks = jnp.broadcast_to(pair[None, :], (n, 2))
     val = jnp.broadcast_to(row_valid[:, None], (n, 2))
-    model = parallel.merge_shards(graphdef, (state,), specs)
+    model, scan = parallel.merge_shards(graphdef, (state,), specs)
     if per_dev and per_dev < n:
       mem_k, mem_v, cache = core.chunk_step_streamed(model, cache, toks, val, per_dev,
-                                                     n_batches, attn)
+                                                     n_batches, attn, scan)
     else:
-      mem_k, mem_v, cache = core.chunk_step(model, cache, toks, val, attn)
+      mem_k, mem_v, cache = core.chunk_step(model, cache, toks, val, attn, scan)
     return cache, mem_k, mem_v
 
   mem = spec(mesh, None, CHUNK)

@@ -85,7 +85,7 @@ REMAT_POLICIES = {
 
 
 class ScanOptions(NamedTuple):
-  """How the layer scan runs (static; set on `model.model.scan_options` inside a trace).
+  """How the layer scan runs (static; passed like AttnOptions, e.g. by parallel.merge_shards).
 
   gather: applied to each layer's state in the scan body, e.g. FSDP's
     all_gather over the "fsdp" axis, so one layer at a time is whole on a device.
@@ -315,35 +315,34 @@ class LlamaModel(nnx.Module):
     self.embed_tokens = Embedding(emb.astype(cfg.pdtype))
     self.layers = _stacked_layers(cfg, rngs, std)
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
-    self.scan_options = ScanOptions()
 
   def layer(self, i: int) -> DecoderLayer:
     """Decoder layer i as its own module (a view of slice i of the stacked state)."""
     graphdef, state = nnx.split(self.layers)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
 
-  def scan_layers(self, fn, carry, xs=None, *, remat: str | None = None, groups: int = 0):
+  def scan_layers(self, fn, carry, xs=None, *, scan: ScanOptions = ScanOptions(),
+                  remat: str | None = None, groups: int = 0):
     """`jax.lax.scan` of fn(layer, carry, xs_l) -> (carry, ys_l) over the decoder layers.
 
-    Each step merges one layer (after `scan_options.gather`, e.g. FSDP's
-    all_gather) and calls fn; xs and ys have a leading layer axis.
+    Each step merges one layer (after `scan.gather`, e.g. FSDP's all_gather)
+    and calls fn; xs and ys have a leading layer axis.
     remat: REMAT_POLICIES name or a checkpoint policy for each step (None:
-    scan_options.remat).
+    scan.remat).
     groups > 0: the layers run as `groups` equal groups, each under
     `jax.checkpoint`, so the backward pass keeps only the carry at the group
     boundaries and rematerialises one group at a time, keeping inside it what
     each step's `remat` policy saves (sqrt-style nesting).
     """
     graphdef, state = nnx.split(self.layers)
-    opts = self.scan_options
-    remat = opts.remat if remat is None else remat
+    remat = scan.remat if remat is None else remat
     if isinstance(remat, str) and remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
 
     def body(c, inp):
       layer_state, x = inp
-      if opts.gather is not None:
-        layer_state = opts.gather(layer_state)
+      if scan.gather is not None:
+        layer_state = scan.gather(layer_state)
       return fn(nnx.merge(graphdef, layer_state), c, x)
 
     if remat != "none":
@@ -366,7 +365,8 @@ class LlamaModel(nnx.Module):
     return carry, jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), ys)
 
   def __call__(self, tokens, ctx: LayerContext, prefix: Prefix | None = None,
-               cache: KVCache | None = None, return_kv: bool = False):
+               cache: KVCache | None = None, return_kv: bool = False,
+               scan: ScanOptions = ScanOptions()):
     """Returns (hidden after the final norm, new cache (k, v) stacked or None, kv or None)."""
     x = self.embed_tokens(tokens).astype(self.config.dtype)
 
@@ -377,7 +377,7 @@ class LlamaModel(nnx.Module):
 
     pre = None if prefix is None else (prefix.k, prefix.v)
     cch = None if cache is None else (cache.k, cache.v)
-    x, (new_kv, kv) = self.scan_layers(step, x, (pre, cch))
+    x, (new_kv, kv) = self.scan_layers(step, x, (pre, cch), scan=scan)
     return self.norm(x), new_kv, kv
 
 
@@ -420,8 +420,9 @@ class LlamaForCausalLM(nnx.Module):
 
   def __call__(self, tokens, positions, *, order=None, valid=None, candidate_index=None,
                prefix: Prefix | None = None, cache: KVCache | None = None,
-               attn: AttnOptions = AttnOptions(), logits: str | None = "all",
-               return_kv: bool = False, private=None) -> ForwardOutput:
+               attn: AttnOptions = AttnOptions(), scan: ScanOptions = ScanOptions(),
+               logits: str | None = "all", return_kv: bool = False,
+               private=None) -> ForwardOutput:
     """Runs the decoder on tokens [B,T] at RoPE positions [B,T].
 
     order: [B,T] mask order (default: positions); key j is visible to query i
@@ -433,7 +434,7 @@ class LlamaForCausalLM(nnx.Module):
     prefix: extra keys before the tokens (FocusLLM memory).
     cache: KVCache; the tokens' keys are written at cache.index and attention
       runs over the whole cache.
-    attn: AttnOptions (blocking, SelfExtend).
+    attn: AttnOptions (blocking, SelfExtend); scan: ScanOptions (layer gather, remat).
     logits: "all", "last" (the last position of each row) or None.
     """
     if candidate_index is not None and not self.has_candidates:
@@ -442,7 +443,7 @@ class LlamaForCausalLM(nnx.Module):
     ctx = make_context(self.config, positions, order=order, valid=valid,
                        candidate_index=candidate_index, prefix=prefix, cache=cache, attn=attn,
                        private=private)
-    x, new_kv, kv = self.model(tokens, ctx, prefix, cache, return_kv)
+    x, new_kv, kv = self.model(tokens, ctx, prefix, cache, return_kv, scan)
     new_cache = None
     if cache is not None:  # the cache's slots are the last ones of the key arrays
       tail = lambda a: a[:, a.shape[1] - cache.pos.shape[1]:]

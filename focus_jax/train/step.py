@@ -188,10 +188,10 @@ def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
     sum_axes = axes if split else data_axes
 
     def objective(c, mb):
-      ce, kind = task_losses(gathered_model(c, frozen), mb,
-                             stop_gradient_prefix=stop_gradient_prefix, route=route,
+      model, scan = gathered_model(c, frozen)
+      ce, kind = task_losses(model, mb, stop_gradient_prefix=stop_gradient_prefix, route=route,
                              bos_sees_memory=bos_sees_memory, fused=fused_chunks,
-                             fused_groups=fused_groups)
+                             fused_groups=fused_groups, scan=scan)
       return ce.sum() / (tasks_per_step * repeats), (ce, kind)
 
     def micro(carry, mb):
