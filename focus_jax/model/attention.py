@@ -18,6 +18,14 @@ so each one sees itself and no other token sees it.
 SelfExtend: with `selfextend=(G, W)` the logit of (i, j) uses ordinary RoPE
 when q_pos - k_pos < W and grouped RoPE (keys at k_pos // G, queries at
 q_pos // G + W - W // G) beyond, inside the same softmax.
+
+Kernels: `attention` is the one entry point. It runs `blockwise_attention`
+(the pure-JAX reference above, the CPU default) or a kernel of
+focus_jax.model.kernels chosen per backend and mask kind (`kernel`, or the
+process default `set_default_attention`, e.g. launchers' --attention):
+"auto" takes cuDNN / Pallas on GPU and splash on TPU. Kernels get the same
+rotated, scaled q/k (`rotated`); a Pallas kernel's gradient is the
+reference's (a custom VJP), the fused kernels' their own.
 """
 from __future__ import annotations
 
@@ -26,6 +34,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from focus_jax.model import kernels
+from focus_jax.model.kernels import fused
 from focus_jax.model.rope import apply_rope
 
 NEG_INF = -1e30
@@ -46,10 +56,22 @@ def _blocks(x, axis, n):
   return jnp.moveaxis(x.reshape(shape), axis, 0)
 
 
-def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
+def rotated(q, k, q_pos, k_pos, inv_freq, selfextend=None):
+  """RoPE'd, scaled queries and RoPE'd keys: ([q], [k]), or SelfExtend's two sets of each."""
+  scale = q.shape[-1] ** -0.5
+  qs = [apply_rope(q, q_pos, inv_freq) * jnp.asarray(scale, q.dtype)]
+  ks = [apply_rope(k, k_pos, inv_freq)]
+  if selfextend is not None:
+    gs, w = selfextend
+    qs.append(apply_rope(q, q_pos // gs + (w - w // gs), inv_freq) * jnp.asarray(scale, q.dtype))
+    ks.append(apply_rope(k, k_pos // gs, inv_freq))
+  return qs, ks
+
+
+def blockwise_attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
               selfextend=None, block_q=256, block_k=256, dense_max=512 * 1024,
               q_seg=None, k_seg=None):
-  """Attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd].
+  """The reference: attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd].
 
   q_pos, q_order: [B,T] int; k_pos, k_order: [B,S] int; k_valid: [B,S] bool.
   q_seg, k_seg: optional [B,T] / [B,S] int segments (private keys, above); both or none.
@@ -59,13 +81,7 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
   b, t, h, hd = q.shape
   s, kvh = k.shape[1], k.shape[2]
   g = h // kvh
-  scale = hd ** -0.5
-  qs = [apply_rope(q, q_pos, inv_freq) * jnp.asarray(scale, q.dtype)]
-  ks = [apply_rope(k, k_pos, inv_freq)]
-  if selfextend is not None:
-    gs, w = selfextend
-    qs.append(apply_rope(q, q_pos // gs + (w - w // gs), inv_freq) * jnp.asarray(scale, q.dtype))
-    ks.append(apply_rope(k, k_pos // gs, inv_freq))
+  qs, ks = rotated(q, k, q_pos, k_pos, inv_freq, selfextend)
 
   if t * s <= dense_max:
     bq, bk = t, s
@@ -151,3 +167,72 @@ def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
     out = jax.lax.map(q_step, (qs, qp, qo, qsg))  # [nq, B, KV, G, bq, hd]
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, nq * bq, h, hd)[:, :t]
   return out.astype(q.dtype)
+
+
+_DEFAULT = ["auto"]
+
+
+def set_default_attention(name: str) -> None:
+  """The kernel that `kernel="auto"` calls take (launchers' --attention); "auto": per backend.
+
+  Read when a function is traced: set it before the first jitted call.
+  """
+  _DEFAULT[0] = kernels.check_name(name)
+
+
+def default_attention() -> str:
+  return _DEFAULT[0]
+
+
+def _with_reference_grad(fast, reference):
+  """`fast` in the forward pass, the reference's VJP in the backward pass."""
+  f = jax.custom_vjp(fast)
+  f.defvjp(lambda *a: (fast(*a), a), lambda a, g: jax.vjp(reference, *a)[1](g))
+  return f
+
+
+def attention(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, *,
+              selfextend=None, block_q=256, block_k=256, dense_max=512 * 1024,
+              q_seg=None, k_seg=None, kernel="auto"):
+  """Attention of pre-RoPE q [B,T,H,hd] over pre-RoPE k, v [B,S,KV,hd] (the one entry point).
+
+  Arguments and result as `blockwise_attention`; kernel: a
+  focus_jax.model.kernels name ("auto": `default_attention()`, which is
+  "auto" unless set: per backend; "reference": `blockwise_attention`).
+  """
+  if (q_seg is None) != (k_seg is None):
+    raise ValueError("q_seg and k_seg go together")
+  name = default_attention() if kernel == "auto" else kernels.check_name(kernel)
+  backend = jax.default_backend()
+  primary, fallback = kernels.choose(
+      name, backend, dtype=q.dtype, t=q.shape[1], s=k.shape[1], head_dim=q.shape[-1],
+      selfextend=selfextend is not None, segments=q_seg is not None)
+  reference = functools.partial(blockwise_attention, selfextend=selfextend, block_q=block_q,
+                                block_k=block_k, dense_max=dense_max)
+  interpret = backend == "cpu"
+
+  def run(which):
+    if which == "reference":
+      return lambda *a: reference(*a[:9], q_seg=a[9], k_seg=a[10])
+    if which == "pallas":
+      def fast(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, q_seg, k_seg):
+        qs, ks = rotated(q, k, q_pos, k_pos, inv_freq, selfextend)
+        return kernels.flash_attention(
+            qs, ks, v, q_pos, k_pos, q_order, k_order, k_valid, q_seg, k_seg,
+            window=None if selfextend is None else selfextend[1],
+            block_q=min(block_q, 128), block_k=min(block_k, 64), interpret=interpret)
+      return _with_reference_grad(fast, run("reference"))
+
+    def fused_call(q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, q_seg, k_seg):
+      (qr,), (kr,) = rotated(q, k, q_pos, k_pos, inv_freq)
+      lengths = jnp.sum(k_valid, axis=1, dtype=jnp.int32)
+      if which == "cudnn":
+        return kernels.cudnn_attention(qr, kr, v, lengths)
+      return kernels.splash_attention(qr, kr, v, lengths, interpret=interpret)
+    return fused_call
+
+  args = (q, k, v, q_pos, k_pos, q_order, k_order, k_valid, inv_freq, q_seg, k_seg)
+  if fallback is None:
+    return run(primary)(*args)
+  ok, _ = fused.plain_causal(q_order, k_order, k_valid)
+  return jax.lax.cond(ok, run(primary), run(fallback), *args)

@@ -74,6 +74,7 @@ class AttnOptions(NamedTuple):
   block_k: int = 256
   dense_max: int = 512 * 1024
   selfextend: tuple[int, int] | None = None
+  attention: str = "auto"   # kernel: focus_jax.model.kernels.NAMES ("reference": blockwise)
 
 
 REMAT_POLICIES = {
@@ -227,7 +228,7 @@ class Attention(nnx.Module):
     a = attention(q, keys.astype(h.dtype), vals.astype(h.dtype), ctx.positions, ctx.k_pos,
                   ctx.order, ctx.k_order, ctx.k_valid, ctx.inv_freq, selfextend=o.selfextend,
                   block_q=o.block_q, block_k=o.block_k, dense_max=o.dense_max,
-                  q_seg=ctx.q_seg, k_seg=ctx.k_seg)
+                  q_seg=ctx.q_seg, k_seg=ctx.k_seg, kernel=o.attention)
     a = a.reshape(b, t, cfg.num_heads * cfg.head_dim)
     return self._proj("o", a, ctx, pick(a)), new_cache, (k, v)
 
