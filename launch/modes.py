@@ -13,6 +13,9 @@ MODE_NAMES = ("plain", "selfextend", "focus")
 
 flags.DEFINE_string("mode", "plain", f"Decoding mode: one of {', '.join(MODE_NAMES)}.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_enum("attention", "auto", ["auto", "reference", "pallas", "cudnn", "splash"],
+                  "Attention kernel (focus_jax.model.kernels): auto = cuDNN / Pallas on GPU, "
+                  "splash on TPU, the blockwise reference on CPU; reference = blockwise.")
 # --mode=selfextend: SelfExtend grouped + neighbour attention (focus_jax.selfextend).
 flags.DEFINE_integer("group_size", None, "selfextend: group size G (default: the smallest G "
                      "that covers prompt + new tokens with the model's trained context).")
@@ -74,6 +77,8 @@ def mode_setup(model, progress: bool = True, saved_focus=None):
   saved_focus: the checkpoint's FocusConfig (load_checkpoint's extras), used
   for the focus settings not given as flags.
   """
+  from focus_jax.model.attention import set_default_attention
+  set_default_attention(FLAGS.attention)
   from focus_jax.eval.runner import ModeSetup
   if FLAGS.mode not in MODE_NAMES:
     raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODE_NAMES)}")
