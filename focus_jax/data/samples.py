@@ -5,7 +5,8 @@ A task is one (memory, span, target) triple (FOCUSLLM.md, Training):
   continuation: start = (k-1)*Wl + o, o in [1, Wl-m-1), memory = x[0:start].
   repetition:   start = c*Wl + o, c in [0, k), o in [0, Wl-m), memory = x.
   chunk i input = memory[i*S:(i+1)*S] ++ (BOS) ++ last F span tokens,
-    F = min(fragment_max, S, m); its last token is the candidate.
+    F = min(fragment_max, S, m); its last token is the candidate (the rows
+    of inference: focus.plan.chunk_rows, left_pad, row_len(S, fragment_max)).
   local = (BOS) ++ x[start : start+m+K-1]; targets = x[start+m : start+m+K].
 K (`target_tokens`) is 1 in the official setup; with K > 1 the positions after
 the span also predict their next token from the same memory. BOS is
@@ -23,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from focus_jax.focus.plan import bucket_count
+from focus_jax.focus import plan
 
 CONTINUATION, REPETITION = 0, 1
 LOSS_NAMES = ("continuation", "repetition")
@@ -75,7 +76,7 @@ class SampleSpec:
     return 2 if self.loss_mix == "both" else 1
 
   def row_len(self, s: int) -> int:
-    return s + 1 + min(self.fragment_max, s)
+    return plan.row_len(s, self.fragment_max)
 
   def max_rows(self, s: int) -> int:
     return -(-self.max_len // s)
@@ -88,12 +89,6 @@ class SampleSpec:
 def chunk_size_for_step(spec: SampleSpec, seed: int, step: int) -> int:
   rng = np.random.default_rng([seed, _TAG_CHUNK, step])
   return int(spec.chunk_sizes[rng.integers(len(spec.chunk_sizes))])
-
-
-def _with_bos(seq: np.ndarray, bos: int | None) -> np.ndarray:
-  if bos is None or (seq.size and seq[0] == bos):
-    return seq
-  return np.concatenate([np.asarray([bos], seq.dtype), seq])
 
 
 def draw_task(x: np.ndarray, kind: int, spec: SampleSpec, rng: np.random.Generator) -> dict:
@@ -118,11 +113,9 @@ def draw_task(x: np.ndarray, kind: int, spec: SampleSpec, rng: np.random.Generat
 def build_task(x: np.ndarray, task: dict, s: int, spec: SampleSpec) -> dict:
   """Token lists of one task: chunk rows, local input and targets (unpadded)."""
   start, m, kk = task["start"], task["m"], spec.target_tokens
-  span = x[start:start + m]
-  frag = _with_bos(span[-min(spec.fragment_max, s, m):], spec.bos_id)
-  mem = x[:task["mem_end"]]
-  rows = [np.concatenate([mem[i:i + s], frag]) for i in range(0, len(mem), s)]
-  local = _with_bos(x[start:start + m + kk - 1], spec.bos_id)
+  rows, _ = plan.chunk_rows(x[:task["mem_end"]], x[start:start + m], s, spec.fragment_max,
+                            spec.bos_id)
+  local = plan.with_bos(x[start:start + m + kk - 1], spec.bos_id)
   return dict(kind=task["kind"], chunk_size=s, rows=rows, local=local,
               targets=x[start + m:start + m + kk])
 
@@ -170,11 +163,8 @@ def make_tasks(x: np.ndarray, spec: SampleSpec, seed: int, index: int,
 
 def _bucket_rows(n: int, s: int, spec: SampleSpec) -> int:
   """Row count of the layout: the most any sample can need, or focus.plan's buckets."""
-  mult = spec.row_multiple
-  cap = -(-spec.max_rows(s) // mult) * mult
-  if spec.row_buckets == "fixed":
-    return cap
-  return min(cap, mult * bucket_count(-(-n // mult)))
+  cap = plan.round_up(spec.max_rows(s), spec.row_multiple)
+  return cap if spec.row_buckets == "fixed" else min(cap, plan.row_count(n, spec.row_multiple))
 
 
 def pad_tasks(samples: Sequence[Sequence[dict]], spec: SampleSpec) -> dict:
@@ -189,33 +179,16 @@ def pad_tasks(samples: Sequence[Sequence[dict]], spec: SampleSpec) -> dict:
   """
   tasks = [t for smp in samples for t in smp]
   n, nt = len(samples), len(samples[0])
-  row_len = max(len(r) for t in tasks for r in t["rows"])
   s = _infer_chunk_size(tasks)
-  c = spec.row_len(s)
-  if row_len > c:
-    raise ValueError(f"chunk row of {row_len} tokens exceeds the layout length {c}")
   r = _bucket_rows(max(len(t["rows"]) for t in tasks), s, spec)
-  lq = spec.local_len
-  out = dict(chunk_tokens=np.zeros((n * nt, r, c), np.int32),
-             chunk_valid=np.zeros((n * nt, r, c), bool),
-             local_tokens=np.zeros((n * nt, lq), np.int32),
-             local_valid=np.zeros((n * nt, lq), bool),
-             targets=np.zeros((n * nt, spec.target_tokens), np.int32),
-             n_memory=np.zeros((n * nt,), np.int32), kind=np.zeros((n * nt,), np.int32))
-  for i, t in enumerate(tasks):
-    if len(t["rows"]) > r:
-      raise ValueError(f"{len(t['rows'])} chunks exceed the layout's {r} rows")
-    for j, row in enumerate(t["rows"]):
-      out["chunk_tokens"][i, j, c - len(row):] = row
-      out["chunk_valid"][i, j, c - len(row):] = True
-    loc = t["local"]
-    if len(loc) > lq:
-      raise ValueError(f"local input of {len(loc)} tokens exceeds {lq}")
-    out["local_tokens"][i, lq - len(loc):] = loc
-    out["local_valid"][i, lq - len(loc):] = True
-    out["targets"][i] = t["targets"]
-    out["n_memory"][i] = len(t["rows"])
-    out["kind"][i] = t["kind"]
+  chunk_tokens, chunk_valid = map(np.stack, zip(*[plan.left_pad(t["rows"], r, spec.row_len(s))
+                                                  for t in tasks]))
+  local_tokens, local_valid = plan.left_pad([t["local"] for t in tasks], len(tasks), spec.local_len)
+  out = dict(chunk_tokens=chunk_tokens, chunk_valid=chunk_valid, local_tokens=local_tokens,
+             local_valid=local_valid,
+             targets=np.asarray([t["targets"] for t in tasks], np.int32),
+             n_memory=np.array([len(t["rows"]) for t in tasks], np.int32),
+             kind=np.array([t["kind"] for t in tasks], np.int32))
   return {k: v.reshape((n, nt) + v.shape[1:]) for k, v in out.items()}
 
 

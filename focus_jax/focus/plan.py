@@ -10,9 +10,10 @@ F = min(fragment_len, S, Wl):
 All rows live in ONE array [n_rows, C] with C = S + F + 1 (room for the BOS),
 LEFT-padded and marked by `valid`, so every row ends in its candidate and
 positions restart at 0 at each row's first valid token. The row count is
-bucketed (`bucket_count`, a multiple of the chunk batch) so that the number
+bucketed (`row_count`, a multiple of the chunk batch) so that the number
 of compilations grows with log(L), not L; padding rows are fully invalid and
-their candidates are masked out of the memory (`mem_valid`).
+their candidates are masked out of the memory (`mem_valid`). Training rows
+(data.samples) are built by the same `chunk_rows`, `left_pad` and `row_len`.
 
 Inputs shorter than `min_focus_len` (or with nothing left for the memory)
 run the plain model: `plan.focus` is False and `plan.local` is the whole
@@ -37,6 +38,45 @@ def bucket_count(k: int) -> int:
 
 def round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
+
+
+def row_count(n: int, multiple: int) -> int:
+  """Rows for n chunks: `multiple * bucket_count(ceil(n / multiple))`."""
+  return multiple * bucket_count(-(-n // multiple))
+
+
+def row_len(chunk_size: int, fragment_len: int) -> int:
+  """C = S + F + 1: a chunk, the fragment (F <= S) and room for its BOS."""
+  return chunk_size + min(fragment_len, chunk_size) + 1
+
+
+def with_bos(seq: np.ndarray, bos: int | None) -> np.ndarray:
+  """BOS ++ seq, unless seq already starts with BOS (or bos is None)."""
+  if bos is None or (seq.size and seq[0] == bos):
+    return seq
+  return np.concatenate([np.asarray([bos], seq.dtype), seq])
+
+
+def chunk_rows(memory: np.ndarray, span: np.ndarray, chunk_size: int, fragment_len: int,
+               bos: int | None) -> tuple[list[np.ndarray], np.ndarray]:
+  """Rows memory[i*S:(i+1)*S] ++ q and q = (BOS ++) span[-F:], F = min(fragment_len, S, len(span)).
+
+  The span is what the candidates continue: the local window, or a training task's span."""
+  q = with_bos(span[len(span) - min(fragment_len, chunk_size, len(span)):], bos)
+  return [np.concatenate([memory[i:i + chunk_size], q])
+          for i in range(0, len(memory), chunk_size)], q
+
+
+def left_pad(rows, n_rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """[n_rows, length] int32 tokens (0-padded) and bool valid, row i right-aligned."""
+  if len(rows) > n_rows:
+    raise ValueError(f"{len(rows)} rows exceed the layout's {n_rows} rows")
+  if max(map(len, rows), default=0) > length:
+    raise ValueError(f"a row of {max(map(len, rows))} tokens exceeds the layout length {length}")
+  tokens, valid = np.zeros((n_rows, length), np.int32), np.zeros((n_rows, length), bool)
+  for i, row in enumerate(rows):
+    tokens[i, length - len(row):], valid[i, length - len(row):] = row, True
+  return tokens, valid
 
 
 def row_batch(n_rows: int, multiple: int, at_most: int) -> int:
@@ -83,15 +123,11 @@ class ChunkPlan:
     return np.where(self.mem_valid, np.arange(self.n_rows), 0).astype(np.int32)
 
 
-def _with_bos(seq: np.ndarray, bos: int) -> np.ndarray:
-  return seq if seq.size and seq[0] == bos else np.concatenate([[bos], seq]).astype(np.int32)
-
-
 def make_plan(ids, cfg: ModelConfig, fcfg: FocusConfig, row_multiple: int = 1) -> ChunkPlan:
   """Lays out prompt `ids` (1-D ints) for FocusLLM.
 
-  row_multiple: the row count is `row_multiple * bucket_count(ceil(n / row_multiple))`
-  (pass the chunk batch, itself a multiple of the mesh's chunk-axis size).
+  row_multiple: the row count is `row_count(n, row_multiple)` (pass the chunk
+  batch, itself a multiple of the mesh's chunk-axis size).
   """
   x = np.asarray(ids)
   if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
@@ -107,28 +143,13 @@ def make_plan(ids, cfg: ModelConfig, fcfg: FocusConfig, row_multiple: int = 1) -
   big_l, s, wl = x.size, fcfg.chunk_size, fcfg.local_window
   empty = np.zeros((0, 0), np.int32)
   if big_l < fcfg.min_focus_len or big_l <= wl:
-    return ChunkPlan(big_l, False, s, 0, 0, empty, empty.astype(bool), x[:0], _with_bos(x, bos))
+    return ChunkPlan(big_l, False, s, 0, 0, empty, empty.astype(bool), x[:0], with_bos(x, bos))
 
   m = big_l - wl
-  mem = x[:m]
-  local = x[m:]
   f = min(fcfg.fragment_len, s, wl)
-  q = _with_bos(x[big_l - f:], bos)
-  n = -(-m // s)
-  n_rows = row_multiple * bucket_count(-(-n // row_multiple))
-  c = s + f + 1
-  body = c - q.size                                   # columns left of the fragment
-  starts = np.arange(n) * s
-  lens = np.minimum(s, m - starts)
-  off = np.arange(body)[None, :] - (body - lens[:, None])  # index inside the chunk
-  inside = off >= 0
-  tokens = np.zeros((n_rows, c), np.int32)
-  valid = np.zeros((n_rows, c), bool)
-  tokens[:n, :body] = np.where(inside, mem[np.clip(starts[:, None] + off, 0, m - 1)], 0)
-  valid[:n, :body] = inside
-  tokens[:n, body:] = q
-  valid[:n, body:] = True
-  return ChunkPlan(big_l, True, s, f, n, tokens, valid, q, _with_bos(local, bos))
+  rows, q = chunk_rows(x[:m], x[m:], s, f, bos)
+  tokens, valid = left_pad(rows, row_count(len(rows), row_multiple), row_len(s, f))
+  return ChunkPlan(big_l, True, s, f, len(rows), tokens, valid, q, with_bos(x[m:], bos))
 
 
 def shard_order(n_rows: int, shards: int, batch: int) -> np.ndarray:
