@@ -13,7 +13,7 @@ focus_jax.parallel only). Checks, each with pass/fail and its figures:
               and plain causal prefill (float32 at 1e-5 with highest matmul
               precision; cuDNN, half precision only, in bfloat16 against the
               float32 reference)
-  prefill     plain bfloat16 prefill tokens/s and MFU, SmolLM2-size and
+  prefill     plain bfloat16 prefill (weights and compute) tokens/s and MFU, SmolLM2-size and
               1B-size configs at 8K and 32K tokens
   focus       FocusLLM prefill (chunk rows -> memory -> local window) at 128K
               tokens, SmolLM2 size: first call and steady wall time
@@ -96,11 +96,12 @@ def timed(fn, repeats: int = 2):
   return first, best
 
 
-def random_model(cfg, dtype="bfloat16", candidates=False, seed=0):
+def random_model(cfg, dtype="bfloat16", param_dtype="bfloat16", candidates=False, seed=0):
+  """Random weights in `param_dtype`, computing in `dtype`."""
   import dataclasses
   from flax import nnx
   from focus_jax.model import LlamaForCausalLM, add_candidates
-  cfg = dataclasses.replace(cfg, compute_dtype=dtype)
+  cfg = dataclasses.replace(cfg, compute_dtype=dtype, param_dtype=param_dtype)
   model = LlamaForCausalLM(cfg, nnx.Rngs(seed), std=0.02)
   return add_candidates(model) if candidates else model
 
@@ -186,7 +187,7 @@ def check_kernels(quick: bool, backend: str):
 
 def check_prefill(quick: bool, peak):
   from flax import nnx
-  lengths = (128, 256) if quick else (8192, 32768)
+  lengths = (128,) if quick else (8192, 32768)
   res, ok = {}, True
   for name in ("smollm2", "1b"):
     cfg = configs(quick)[name]
@@ -267,7 +268,7 @@ def check_train(quick: bool, peak, backend: str):
   from focus_jax import parallel
   cfg = configs(quick)["7b_layers"]
   seq = 129 if quick else 4097
-  model = random_model(cfg)
+  model = random_model(cfg, param_dtype="float32")   # float32 weights, bfloat16 compute
   graphdef, state = nnx.split(model)
   tx = optax.adamw(1e-4)
   opt = tx.init(state)
@@ -292,27 +293,34 @@ def check_train(quick: bool, peak, backend: str):
            "mfu": None if peak is None else flops / best / peak,
            "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None}
 
-  # The same loss and gradients with the weights FSDP-sharded over a one-device mesh.
+  # The same loss and gradients with the weights FSDP-sharded over a one-device mesh
+  # (float32 compute at highest matmul precision: the comparison is of the sharding,
+  # not of the rounding of two differently fused programs).
+  graphdef32 = nnx.split(random_model(cfg, dtype="float32", param_dtype="float32"))[0]
   mesh = parallel.make_mesh("fsdp:1")
   specs = parallel.state_specs(state, mesh)
   sharded = parallel.shard_state(state, mesh)
 
   def fsdp_grads(st, tokens):
     def loss_fn(st):
-      m, scan = parallel.merge_shards(graphdef, [st], [specs])
+      m, scan = parallel.merge_shards(graphdef32, [st], [specs])
       return lm_loss(m, tokens, scan)
     loss, g = jax.value_and_grad(loss_fn)(st)
     return jax.lax.pmean(loss, "fsdp"), g
 
   f = jax.jit(parallel.shard(fsdp_grads, mesh, (specs, parallel.spec(mesh)),
                              (parallel.spec(mesh), specs)))
-  loss_s, g_s = f(sharded, tokens)
-  loss_u, g_u = jax.jit(grads_of)(state, tokens)
-  gdiff = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
-              for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(g_u)))
+  unsharded = jax.jit(lambda st, tokens: jax.value_and_grad(
+      lambda st: lm_loss(nnx.merge(graphdef32, st), tokens))(st))
+  with jax.default_matmul_precision("highest"):
+    loss_s, g_s = f(sharded, tokens)
+    loss_u, g_u = unsharded(state, tokens)
+  gdiff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+              zip(jax.tree.leaves(g_s), jax.tree.leaves(g_u)))
+  gmax = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g_u))
   ldiff = abs(float(loss_s) - float(loss_u))
-  fsdp = {"pass": bool(ldiff <= 1e-5 and gdiff <= 1e-5), "loss_diff": ldiff,
-          "max_grad_diff": gdiff}
+  fsdp = {"pass": bool(ldiff <= 1e-5 and gdiff <= 1e-5 * gmax), "loss_diff": ldiff,
+          "max_grad_diff": gdiff, "max_grad": gmax, "tol": "1e-5 x max_grad"}
   return train, fsdp
 
 

@@ -84,7 +84,8 @@ def _kernel(*refs, n_sets, n_kblocks, block_k, window, segments, precision):
       pv = _dot(p.astype(v.dtype), v, 0, precision)
       return m_new, l * corr + p.sum(-1), acc * corr[:, None] + pv
 
-    return jax.lax.cond(jnp.any(allowed), compute, lambda _: (m, l, acc), None)
+    any_key = jnp.max(allowed.astype(jnp.int32)) > 0   # (no boolean reductions in Triton)
+    return jax.lax.cond(any_key, compute, lambda _: (m, l, acc), None)
 
   init = (jnp.full((bq,), NEG_INF, jnp.float32), jnp.zeros((bq,), jnp.float32),
           jnp.zeros((bq, hd), jnp.float32))
