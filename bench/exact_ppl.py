@@ -7,7 +7,7 @@ One perplexity window (eval.perplexity: BOS + length - 1 tokens of the first
 held-out play from `start`; the last loss_tokens scored) on SmolLM2-135M with
 the shipped trained candidates (focus_jax/trained, their S, Wl, F), scored
 twice in this process: "old", exact decoding with the targets forced
-(generate_focus, decode="exact": one chunk update of every chunk and one local
+(generation.modes.generate, exact decoding: one chunk update of every chunk and one local
 recomputation per target), and "new", focus_jax.focus.exact_batch.exact_logits
 (one pass), run twice (the second call reuses its compilation). Reports wall
 and process CPU seconds (CPU seconds are robust to other processes on the
@@ -52,9 +52,8 @@ def main(_):
   from focus_jax.checkpoint.hf import load_hf, read_focus_config
   from focus_jax.data import hf_tokenizer
   from focus_jax.eval.perplexity import default_paths, window_ids
-  from focus_jax.eval.runner import _Forced, _log_softmax_at
   from focus_jax.focus.exact_batch import exact_logits
-  from focus_jax.focus.inference import generate_focus
+  from focus_jax.generation.modes import Forced, ModeSetup, generate, log_softmax_at
   from focus_jax.model import device_put
 
   with tempfile.TemporaryDirectory() as tmp:
@@ -75,9 +74,9 @@ def main(_):
   print(f"window {FLAGS.length} tokens, K = {k}, S = {fc.chunk_size}, Wl = {fc.local_window}, "
         f"F = {fc.fragment_len}; load {load0}", flush=True)
   steps = {}
-  old, t_old = _timed(lambda: generate_focus(
-      model, prompt, k, _Forced(targets), focus=fc, decode="exact", stop_at_eos=False,
-      chunk_batch=FLAGS.chunk_batch, timings=steps).logits)
+  old, t_old = _timed(lambda: generate(
+      ModeSetup("focus", model, focus=fc, chunk_batch=FLAGS.chunk_batch), prompt, k,
+      Forced(targets), stop_at_eos=False, timings=steps).logits)
   print("old", t_old, flush=True)
   new, t_new = _timed(lambda: exact_logits(model, prompt, targets, focus=fc,
                                            chunk_batch=FLAGS.chunk_batch))
@@ -87,8 +86,8 @@ def main(_):
     new2, t_warm = _timed(lambda: exact_logits(model, prompt, targets, focus=fc,
                                                chunk_batch=FLAGS.chunk_batch))
     print("new (warm)", t_warm, flush=True)
-  nll_old = float(-_log_softmax_at(old, targets).sum())
-  nll_new = float(-_log_softmax_at(new, targets).sum())
+  nll_old = float(-log_softmax_at(old, targets).sum())
+  nll_new = float(-log_softmax_at(new, targets).sum())
   ex = lambda t: max(t["wall_s"] - t["compile_s"], 1e-9)
   res = {
       "length": FLAGS.length, "loss_tokens": k, "chunk_size": fc.chunk_size,

@@ -81,11 +81,12 @@ def _focus_cfg(spec):
 
 
 def _run_focus(model, ids, spec, steps, decode="exact"):
-  from focus_jax.focus.inference import generate_focus
+  from focus_jax.generation.modes import ModeSetup, generate
   tm = {}
   t0, c0 = time.perf_counter(), time.process_time()
-  gen = generate_focus(model, ids, steps, focus=_focus_cfg(spec), decode=decode,
-                       chunk_batch=spec["chunk_batch"], stop_at_eos=False, timings=tm)
+  setup = ModeSetup("focus", model, focus=_focus_cfg(spec), focus_decode=decode,
+                    chunk_batch=spec["chunk_batch"])
+  gen = generate(setup, ids, steps, stop_at_eos=False, timings=tm)
   total, cpu = time.perf_counter() - t0, time.process_time() - c0
   comp = compile_s(t0)
   if "chunks" not in tm:
@@ -122,12 +123,12 @@ def work(spec: dict) -> dict:
     r["chunk_gflop_per_cpu_s"] = flops / r["chunks_cpu_s"] / 1e9
     res.update(r)
   elif task == "plain":
-    from focus_jax.decoding import generate_plain
+    from focus_jax.generation.modes import ModeSetup, generate
     ids = text_ids(tok, length)
     if ids[0] != cfg.bos_token_id:
       ids = np.concatenate([[cfg.bos_token_id], ids[:-1]]).astype(np.int32)
     t0, c0 = time.perf_counter(), time.process_time()
-    generate_plain(model, ids, spec["new_tokens"] + 1, stop_at_eos=False)
+    generate(ModeSetup("plain", model), ids, spec["new_tokens"] + 1, stop_at_eos=False)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     res.update(total_s=total, cpu_s=cpu, compile_s=compile_s(t0), warm_s=total - compile_s(t0))
   elif task == "first":

@@ -13,7 +13,7 @@ Wl=128): wall time and peak RSS of the first call and per generated token, FLOP 
   # the log-log figure of every cell in --out:
   .venv/bin/python bench/long_scaling.py --out=runs/long.jsonl --plot=docs/figures/long_scaling.png
 
-Cell kinds: focus_exact, focus_fast (generate_focus in-process), selfextend
+Cell kinds: focus_exact, focus_fast (generation.modes.generate in-process), selfextend
 (W=1024, G the smallest covering size), plain, generate (python -m
 launch.generate --mode=focus, exact, on a checkpoint converted once to
 OUT.ckpt; the cell's time is that process's, load and compile included), cache_diff (exact decoding with the float32
@@ -110,12 +110,12 @@ def cell(kind: str, length: int, args) -> dict:
     tm, timed = {}, _Timed()
     t0, c0 = time.perf_counter(), time.process_time()
     if kind.startswith("focus"):
-      from focus_jax.focus.inference import generate_focus
       from focus_jax.focus.plan import make_plan
+      from focus_jax.generation.modes import ModeSetup, generate
       fc = _focus_config(folder)
-      gen = generate_focus(model, ids, steps, timed, focus=fc, decode=kind.split("_")[1],
-                           chunk_batch=args.chunk_batch, stop_at_eos=False, timings=tm,
-                           cache_dtype=args.cache_dtype or None)
+      setup = ModeSetup("focus", model, focus=fc, focus_decode=kind.split("_")[1],
+                        chunk_batch=args.chunk_batch, chunk_cache_dtype=args.cache_dtype or None)
+      gen = generate(setup, ids, steps, timed, stop_at_eos=False, timings=tm)
       plan = make_plan(ids, cfg, fc, args.chunk_batch)
       chunk_compile = compile_s(t0, t0 + tm["chunks"])
       rec.update(chunks_s=tm["chunks"], chunks_cpu_s=tm["chunks_cpu"],
@@ -124,14 +124,12 @@ def cell(kind: str, length: int, args) -> dict:
                  chunk_gflops_per_s=chunk_flops(cfg, plan) / 1e9
                  / max(tm["chunks"] - chunk_compile, 1e-9))
     else:
-      from focus_jax.decoding import generate_plain
-      from focus_jax.selfextend import generate_selfextend, resolve
+      from focus_jax.generation.modes import ModeSetup, generate
+      from focus_jax.selfextend import resolve
       if kind == "selfextend":
         se = resolve(cfg, ids.size + steps)
         rec.update(group_size=se.group_size, neighbor_window=se.neighbor_window)
-        gen = generate_selfextend(model, ids, steps, timed, stop_at_eos=False)
-      else:
-        gen = generate_plain(model, ids, steps, timed, stop_at_eos=False)
+      gen = generate(ModeSetup(kind, model), ids, steps, timed, stop_at_eos=False)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     comp = compile_s(t0)
     first, gaps = timed.times[0] - t0, np.diff(timed.times)
@@ -163,19 +161,11 @@ class _Timed:
     return self.sampler.pick(logits, step)
 
 
-class _Forced:
-  def __init__(self, tokens):
-    self.tokens = [int(t) for t in tokens]
-
-  def pick(self, logits, step):
-    return self.tokens[step]
-
-
 def cache_diff(folder, ids, steps, args) -> dict:
   """Exact decoding, float32 then bfloat16 chunk cache on the float32 run's tokens."""
   import numpy as np
   from focus_jax.checkpoint.hf import load_hf
-  from focus_jax.focus.inference import generate_focus
+  from focus_jax.generation.modes import Forced, ModeSetup, generate
   from focus_jax.model import device_put
   model, _ = load_hf(folder)
   model = device_put(model)
@@ -185,10 +175,11 @@ def cache_diff(folder, ids, steps, args) -> dict:
   for dt in ("float32", "bfloat16"):
     tm = {}
     t0 = time.perf_counter()
-    sampler = None if dt == "float32" else _Forced(runs["float32"][0].tokens)
+    sampler = None if dt == "float32" else Forced(runs["float32"][0].tokens)
     kw = {} if sampler is None else {"sampler": sampler}
-    gen = generate_focus(model, ids, steps, focus=fc, chunk_batch=args.chunk_batch,
-                         stop_at_eos=False, timings=tm, cache_dtype=dt, **kw)
+    setup = ModeSetup("focus", model, focus=fc, chunk_batch=args.chunk_batch,
+                      chunk_cache_dtype=dt)
+    gen = generate(setup, ids, steps, stop_at_eos=False, timings=tm, **kw)
     runs[dt] = (gen, tm, time.perf_counter() - t0)
   a, b = runs["float32"][0].logits, runs["bfloat16"][0].logits
   diff = np.abs(a - b).max(-1)

@@ -93,8 +93,7 @@ def child_speed(args):
 
 def child_passkey(args):
   from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
-  from focus_jax.decoding import generate_plain
-  from focus_jax.selfextend import generate_selfextend
+  from focus_jax.generation.modes import ModeSetup, generate
   n = args.length
   model, tok = _load()
   cfg = model.config
@@ -103,11 +102,12 @@ def child_passkey(args):
     steps = answer_token_count(tok, answer)
     t0 = time.time()
     if args.mode == "selfextend":
-      gen = generate_selfextend(model, ids, steps, group_size=args.group_size,
-                                neighbor_window=args.neighbor_window, stop_at_eos=False)
+      setup = ModeSetup("selfextend", model, group_size=args.group_size,
+                        neighbor_window=args.neighbor_window)
+      gen = generate(setup, ids, steps, stop_at_eos=False)
       se = _setting(cfg, ids.size + steps, args)
     else:
-      gen = generate_plain(model, ids, steps, stop_at_eos=False)
+      gen = generate(ModeSetup("plain", model), ids, steps, stop_at_eos=False)
       se = None
     print(json.dumps({"what": "passkey", "mode": args.mode, "length": n, "tokens": int(ids.size),
                       "seed": seed, "selfextend": se, "answer": answer,

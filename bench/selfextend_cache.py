@@ -11,7 +11,7 @@ one more key tensor in memory.
 For SmolLM2-135M shapes (30 layers, 3 KV heads, head_dim 64, 9 query heads)
 this times one decode step's attention over a full cache of S keys, scanned over
 the layers like the model does, in both layouts, plus the real
-`focus_jax.decoding.decode_step` (whole model, pre-RoPE cache, SelfExtend and plain)
+`focus_jax.generation.decode.decode_step` (whole model, pre-RoPE cache, SelfExtend and plain)
 for context. Times are CPU seconds of the process (the machine is shared; wall
 times are in the JSON too).
 Weights are random: the timing does not depend on them. The last line is JSON.
@@ -103,8 +103,8 @@ def _time(f, *args, repeats):
 
 
 def _decode_step_time(model, cache, size, selfextend, repeats):
-  """The real focus_jax.decoding.decode_step over a full cache (slot size-1 rewritten)."""
-  from focus_jax.decoding import decode_step
+  """The real focus_jax.generation.decode.decode_step over a full cache (slot size-1 rewritten)."""
+  from focus_jax.generation.decode import decode_step
   graphdef, state = model
   tok, pos = jnp.asarray([5], jnp.int32), jnp.asarray([size - 1])
   cpu = wall = float("inf")

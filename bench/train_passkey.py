@@ -41,9 +41,8 @@ def main():
   from transformers import AutoTokenizer
   from focus_jax.checkpoint.orbax import load_checkpoint
   from focus_jax.config import FocusConfig
-  from focus_jax.decoding import generate_plain
   from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
-  from focus_jax.focus.inference import generate_focus
+  from focus_jax.generation.modes import ModeSetup, generate
   from focus_jax.model import add_candidates, remove_candidates
 
   base, extras = load_checkpoint(args.base)
@@ -63,9 +62,11 @@ def main():
   focus = FocusConfig(chunk_size=args.chunk_size, local_window=args.local_window,
                       fragment_len=args.fragment_len, min_focus_len=0)
   runs = {
-      "plain": lambda ids, n: generate_plain(base, ids, n, stop_at_eos=False),
-      "initial": lambda ids, n: generate_focus(initial, ids, n, focus=focus, stop_at_eos=False),
-      "trained": lambda ids, n: generate_focus(trained, ids, n, focus=focus, stop_at_eos=False)}
+      "plain": lambda ids, n: generate(ModeSetup("plain", base), ids, n, stop_at_eos=False),
+      "initial": lambda ids, n: generate(ModeSetup("focus", initial, focus=focus), ids, n,
+                                         stop_at_eos=False),
+      "trained": lambda ids, n: generate(ModeSetup("focus", trained, focus=focus), ids, n,
+                                         stop_at_eos=False)}
   runs = {k: v for k, v in runs.items() if k in models}
   correct = {name: {} for name in runs}
   for length in [int(x) for x in args.lengths.split(",")]:

@@ -5,20 +5,15 @@ beyond it, keys sit at p // G and queries at p // G + W - W // G, so every
 relative distance the model sees stays below its trained context. Both logit
 kinds are merged in one softmax by `focus_jax.model.attention` (blockwise,
 memory O(L * block)), so nothing here touches the model: this module picks G
-and wires the mode into generation.
+(focus_jax.generation runs the mode: the plain decoder with these positions).
 
 The longest input a setting covers is (train_len - W) * G + W.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 from absl import logging
 
 from focus_jax.config import ModelConfig, SelfExtendConfig
-from focus_jax.decoding import Generation, generate_plain
-from focus_jax.model import AttnOptions
-from focus_jax.sampling import Sampler
 
 # Group sizes the paper evaluates (2..64); beyond this the grouped positions are
 # so coarse that retrieval quality is not expected to survive.
@@ -68,21 +63,3 @@ def resolve(cfg: ModelConfig, total_len: int, group_size: int | None = None,
                     group_size, neighbor_window, se.max_length(train_len), total_len)
   return se
 
-
-def generate_selfextend(model, prompt: Sequence[int], max_new_tokens: int,
-                        sampler: Sampler = Sampler(), *, group_size: int | None = None,
-                        neighbor_window: int = DEFAULT_NEIGHBOR_WINDOW,
-                        stop_at_eos: bool = True, eos_ids=None) -> Generation:
-  """Generates after `prompt` with SelfExtend attention in prefill and every decode step.
-
-  Incremental decoding with the KV cache: the cache holds keys before RoPE, and
-  each step rotates them with both position sets (see docs/RESULTS.md,
-  SelfExtend, for the measurement behind that choice).
-  """
-  cfg = model.config
-  se = resolve(cfg, len(prompt) + max_new_tokens, group_size, neighbor_window)
-  logging.info("SelfExtend: G=%d, W=%d (covers %d tokens)", se.group_size,
-               se.neighbor_window, se.max_length(cfg.max_position_embeddings))
-  return generate_plain(model, prompt, max_new_tokens, sampler,
-                        attn=AttnOptions(selfextend=(se.group_size, se.neighbor_window)),
-                        stop_at_eos=stop_at_eos, eos_ids=eos_ids)

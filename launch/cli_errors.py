@@ -20,7 +20,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                PermissionError, OSError, app.UsageError, UnicodeDecodeError)
 # Loggers whose INFO lines are per-tensor / per-layer detail (shown with --verbosity=1).
 DETAIL_LOGGERS = ("focus_jax.checkpoint", "focus_jax.model", "focus_jax.focus",
-                  "focus_jax.decoding", "focus_jax.selfextend", "focus_jax.data")
+                  "focus_jax.generation", "focus_jax.selfextend", "focus_jax.data")
 
 
 class _HideBackendProbe(logging.Filter):

@@ -63,9 +63,8 @@ def demo():
   validate_flags()
   from focus_jax.checkpoint.orbax import load_checkpoint
   from focus_jax.checkpoint.tokenizer import load_tokenizer
-  from focus_jax.decoding import generate_plain
   from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
-  from focus_jax.focus.inference import generate_focus
+  from focus_jax.generation.modes import ModeSetup, generate
   model, extras = load_checkpoint(FLAGS.checkpoint)
   focus = extras["focus_config"]
   if not model.has_candidates or focus is None:
@@ -90,9 +89,9 @@ def demo():
   out = {}
   for name, run in (
       ("FocusLLM (memory + local window)",
-       lambda: generate_focus(model, ids, n, focus=focus, stop_at_eos=False)),
+       lambda: generate(ModeSetup("focus", model, focus=focus), ids, n, stop_at_eos=False)),
       ("plain model, local window only",
-       lambda: generate_plain(model, local, n, stop_at_eos=False))):
+       lambda: generate(ModeSetup("plain", model), local, n, stop_at_eos=False))):
     gen = run().tokens[:n]
     ok = is_correct(tok, gen, answer)
     out[name] = {"output": tok.decode(gen), "correct": bool(ok)}

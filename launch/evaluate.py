@@ -188,7 +188,8 @@ def _perplexity(setup, tok, out):
 def _bench(setup, tok, out, which):
   from focus_jax.eval import infinitebench as IB
   from focus_jax.eval import longbench as LB
-  from focus_jax.eval import metrics, runner
+  from focus_jax.eval import metrics
+  from focus_jax.generation.modes import generate
   from focus_jax.eval.driver import run_cases
   from focus_jax.eval.results import write_jsonl
   if not FLAGS.data_dir:
@@ -210,7 +211,7 @@ def _bench(setup, tok, out, which):
       ids = IB.prompt_ids(tok, name, eg, FLAGS.max_length)
     stop = eos + (tok("\n", add_special_tokens=False)["input_ids"][-1:]
                   if name == "samsum" else [])
-    gen = runner.generate(setup, ids, mod.MAX_NEW_TOKENS[name], eos_ids=stop)
+    gen = generate(setup, ids, mod.MAX_NEW_TOKENS[name], eos_ids=stop)
     pred = tok.decode([int(t) for t in gen.tokens], skip_special_tokens=True)
     return {"dataset": name, "index": case["index"], "prompt_tokens": len(ids), "pred": pred}
 
@@ -236,13 +237,6 @@ def _bench(setup, tok, out, which):
   return scores
 
 
-def _at_least(low, *names):
-  for name in names:
-    v = getattr(FLAGS, name)
-    if v is not None and v < low:
-      raise ValueError(f"--{name} must be >= {low}, got {v}")
-
-
 def validate_flags():
   """Checks the task's flags before JAX starts and the checkpoint loads: a run always has
   cases. A missing or unknown --task is left to evaluate()."""
@@ -255,7 +249,7 @@ def validate_flags():
       raise ValueError(f"--lengths must be window lengths >= 2 tokens, got "
                        f"{','.join(FLAGS.lengths) or 'none'}")
   if FLAGS.task == "passkey":
-    _at_least(1, "seeds")
+    modes.at_least(1, "seeds")
     try:
       depths = [float(d) for d in FLAGS.depths]
     except ValueError:
@@ -267,16 +261,16 @@ def validate_flags():
       raise ValueError(f"--needle_template={FLAGS.needle_template!r} has no {{key}} where "
                        "the key goes")
   elif FLAGS.task == "perplexity":
-    _at_least(0, "stride")
-    _at_least(1, "max_windows", "loss_tokens", "context")
+    modes.at_least(0, "stride")
+    modes.at_least(1, "max_windows", "loss_tokens", "context")
     if FLAGS.loss_tokens >= min(_ints(FLAGS.lengths, "lengths")):
       raise ValueError(f"--loss_tokens={FLAGS.loss_tokens} must be below the shortest "
                        f"--lengths window ({min(_ints(FLAGS.lengths, 'lengths'))})")
   else:
-    _at_least(1, "limit", "max_length")
+    modes.at_least(1, "limit", "max_length")
   if FLAGS.task == "ruler" or FLAGS.synthetic:   # generated tasks: samples at each length
     from focus_jax.eval import infinitebench_synth, ruler
-    _at_least(1, "seeds")
+    modes.at_least(1, "seeds")
     lengths = _ints(FLAGS.lengths, "lengths")
     if not lengths or min(lengths) < 2:
       raise ValueError(f"--lengths must be prompt lengths >= 2 tokens, got "
@@ -295,7 +289,7 @@ def check_lengths_fit(setup):
   if FLAGS.task not in ("passkey", "perplexity"):
     return
   import numpy as np
-  from focus_jax.decoding import bucket, check_cache_fits
+  from focus_jax.generation.decode import bucket, check_cache_fits
   n = max(_ints(FLAGS.lengths, "lengths"))
   tokens, prefill = bucket(bucket(n) + 16), bucket(n)
   if setup.mode == "focus":

@@ -16,7 +16,7 @@ status 1 and one `generate: error: ...` line. The text is printed before
 --logits_out is written.
 
 Modes and their flags live in launch/modes.py (shared with launch.evaluate);
-every mode runs through focus_jax.eval.runner.generate.
+every mode runs through focus_jax.generation.modes.generate.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from launch import modes
 from launch.cli_errors import fail_cleanly, run_cli, setup_logging
 
 FLAGS = flags.FLAGS
-MODES = modes.MODE_NAMES
 log = logging.getLogger("focus_jax.launch.generate")
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint directory (launch.convert output).")
 flags.DEFINE_string("prompt", None, "Prompt text.")
@@ -50,24 +49,15 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_boolean("ignore_eos", False, "Keep generating after an EOS token.")
 
 
-def _positive(*names):
-  for name in names:
-    v = getattr(FLAGS, name)
-    if v is not None and v < 1:
-      raise ValueError(f"--{name} must be >= 1, got {v}")
-
-
 def validate_flags():
   """Checks every flag that needs no checkpoint."""
   if FLAGS.checkpoint is None:
     raise ValueError("--checkpoint is required")
-  if FLAGS.mode not in MODES:
-    raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODES)}")
   modes.check_mode_flags()
   given = [f for f in ("prompt", "prompt_file", "input_ids") if getattr(FLAGS, f) is not None]
   if len(given) != 1:
     raise ValueError("give exactly one of --prompt, --prompt_file, --input_ids")
-  _positive("max_new_tokens")
+  modes.at_least(1, "max_new_tokens")
   if not math.isfinite(FLAGS.temperature) or FLAGS.temperature < 0:
     raise ValueError(f"--temperature must be a finite number >= 0, got {FLAGS.temperature}")
   if not math.isfinite(FLAGS.top_p) or not 0 < FLAGS.top_p <= 1:
@@ -77,14 +67,6 @@ def validate_flags():
   if FLAGS.logits_out is not None and os.path.lexists(FLAGS.logits_out):
     from focus_jax.checkpoint.atomic import check_file_target
     check_file_target(FLAGS.logits_out, FLAGS.overwrite, "--logits_out")
-  if FLAGS.mode == "selfextend":
-    _positive("group_size", "neighbor_window")
-  if FLAGS.mode == "focus":
-    _positive("chunk_size", "local_window", "fragment_len", "chunk_batch")
-    if FLAGS.min_focus_len < 0:
-      raise ValueError(f"--min_focus_len must be >= 0, got {FLAGS.min_focus_len}")
-    from focus_jax.parallel import make_mesh
-    make_mesh(FLAGS.mesh)  # the mesh must fit the devices
 
 
 def _prompt_ids(tokenizer_dir, cfg):
@@ -128,7 +110,7 @@ def _prompt_ids(tokenizer_dir, cfg):
 
 def load_tokenizer(tokenizer_dir):
   """The checkpoint's tokenizer (local files, no remote code), or None when it has none."""
-  from focus_jax.checkpoint.tokenizer import has_tokenizer, load_tokenizer as load
+  from focus_jax.text import has_tokenizer, load_hf_tokenizer as load
   return load(tokenizer_dir) if has_tokenizer(tokenizer_dir) else None
 
 
@@ -136,15 +118,14 @@ def check_memory(cfg, n_prompt: int, params_bytes: int):
   """Refuses a KV cache (plain / selfextend) that cannot fit, before allocating it."""
   if FLAGS.mode == "focus":
     return
-  from focus_jax.decoding import bucket, kv_cache_bytes
+  from focus_jax.generation.decode import bucket, kv_cache_bytes
   cache = kv_cache_bytes(cfg.replace(compute_dtype=FLAGS.dtype),
                          bucket(n_prompt + FLAGS.max_new_tokens))
-  from focus_jax.memory import available_bytes
+  from focus_jax.memory import available_bytes, check_bytes
   avail, where = available_bytes()
-  if cache + params_bytes > avail:
-    raise ValueError(f"the KV cache for {n_prompt} prompt + {FLAGS.max_new_tokens} new tokens "
-                     f"needs {cache / 2**30:.1f} GiB (+ {params_bytes / 2**30:.1f} GiB params), "
-                     f"more than the {avail / 2**30:.1f} GiB of {where}; lower --max_new_tokens")
+  check_bytes(cache + params_bytes, f"the KV cache for {n_prompt} prompt + {FLAGS.max_new_tokens} "
+              f"new tokens (+ {params_bytes / 2**30:.1f} GiB params)", "lower --max_new_tokens",
+              limit=avail, where=where)
 
 
 def _dir_bytes(path) -> int:
@@ -196,9 +177,9 @@ def generate():
   log.info("load: %s in %.1f s (prompt %d tokens, mode=%s)", FLAGS.checkpoint,
            time.time() - t0, ids.size, FLAGS.mode)
   t1 = time.time()
-  from focus_jax.eval import runner
-  gen = runner.generate(modes.mode_setup(model, saved_focus=extras.get("focus_config")), ids, FLAGS.max_new_tokens, sampler,
-                        stop_at_eos=not FLAGS.ignore_eos)
+  from focus_jax.generation.modes import generate
+  setup = modes.mode_setup(model, saved_focus=extras.get("focus_config"))
+  gen = generate(setup, ids, FLAGS.max_new_tokens, sampler, stop_at_eos=not FLAGS.ignore_eos)
   t2 = time.time()
   first = sampler.first or t2
   log.info("compile + prefill: %.2f s; generate: %d tokens in %.2f s", first - t1,

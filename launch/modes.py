@@ -1,17 +1,19 @@
 """Decoding-mode flags shared by launch.generate and launch.evaluate.
 
---mode=plain|selfextend|focus and each mode's settings; `mode_setup` turns
-them into a focus_jax.eval.runner.ModeSetup (the one object every model call
-of the launchers goes through).
+--mode (one of focus_jax.generation.MODES) and each mode's settings;
+`check_mode_flags` refuses bad ones before JAX starts and `mode_setup` turns
+them into a focus_jax.generation.modes.ModeSetup (the one object every model
+call of the launchers goes through).
 """
 from __future__ import annotations
 
 from absl import flags, logging
 
-FLAGS = flags.FLAGS
-MODE_NAMES = ("plain", "selfextend", "focus")
+from focus_jax.generation import MODES, check_mode
 
-flags.DEFINE_string("mode", "plain", f"Decoding mode: one of {', '.join(MODE_NAMES)}.")
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("mode", "plain", f"Decoding mode: one of {', '.join(MODES)}.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_enum("attention", "auto", ["auto", "reference", "pallas", "cudnn", "splash"],
                   "Attention kernel (focus_jax.model.kernels): auto = cuDNN / Pallas on GPU, "
@@ -42,17 +44,31 @@ MODE_FLAGS = {"selfextend": ("group_size", "neighbor_window"),
                                       "chunk_cache_dtype")}
 
 
+def at_least(low, *names):
+  """Refuses a flag (of `names`) below `low`; an unset one (None) passes."""
+  for name in names:
+    v = FLAGS[name].value
+    if v is not None and v < low:
+      raise ValueError(f"--{name} must be >= {low}, got {v}")
+
+
 def check_mode_flags():
-  """Refuses an unknown --mode, and a mode's flag given with another --mode (it would have
-  no effect)."""
-  if FLAGS.mode not in MODE_NAMES:
-    raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODE_NAMES)}")
+  """Refuses an unknown --mode, a mode's flag given with another --mode (it would have
+  no effect), and a bad value of the mode's flags (a --mesh that the devices cannot hold)."""
+  check_mode(FLAGS.mode)
   for mode, names in MODE_FLAGS.items():
     given = [f"--{n}" for n in names if FLAGS[n].present]
     if given and FLAGS.mode != mode:
       raise ValueError(f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to "
                        f"--mode={mode}, not --mode={FLAGS.mode}; drop "
                        f"{'it' if len(given) == 1 else 'them'} or pass --mode={mode}")
+  if FLAGS.mode == "selfextend":
+    at_least(1, "group_size", "neighbor_window")
+  if FLAGS.mode == "focus":
+    at_least(1, "chunk_size", "local_window", "fragment_len", "chunk_batch")
+    at_least(0, "min_focus_len")
+    from focus_jax.parallel import make_mesh
+    make_mesh(FLAGS.mesh)  # the mesh must fit the devices
 
 
 def focus_settings(saved=None):
@@ -79,10 +95,8 @@ def mode_setup(model, progress: bool = True, saved_focus=None):
   """
   from focus_jax.model.attention import set_default_attention
   set_default_attention(FLAGS.attention)
-  from focus_jax.eval.runner import ModeSetup
-  if FLAGS.mode not in MODE_NAMES:
-    raise ValueError(f"unknown --mode={FLAGS.mode}; available: {sorted(MODE_NAMES)}")
-  if FLAGS.mode == "plain":
+  from focus_jax.generation.modes import ModeSetup
+  if check_mode(FLAGS.mode) == "plain":
     return ModeSetup("plain", model)
   if FLAGS.mode == "selfextend":
     return ModeSetup("selfextend", model, group_size=FLAGS.group_size,

@@ -245,17 +245,16 @@ def _focus_model(d, name):
 
 @pytest.mark.parametrize("path", ["plain", "selfextend", "focus_exact", "focus_fast"])
 def test_decoding_refuses_non_finite_logits(d, path):
-  from focus_jax.decoding import NonFiniteLogits, generate_plain
-  from focus_jax.focus.inference import generate_focus
-  from focus_jax.selfextend import generate_selfextend
+  from focus_jax.generation.decode import NonFiniteLogits
+  from focus_jax.generation.modes import ModeSetup, generate
   fc = FocusConfig(chunk_size=8, local_window=8, fragment_len=8, min_focus_len=0)
   prompt = list(range(3, 43))
   # one new token: the first logits row (prefill) is checked, no decode step is compiled
-  run = {"plain": lambda m: generate_plain(m, prompt, 1),
-         "selfextend": lambda m: generate_selfextend(m, prompt, 1, group_size=2,
-                                                     neighbor_window=8),
-         "focus_exact": lambda m: generate_focus(m, prompt, 1, focus=fc, decode="exact"),
-         "focus_fast": lambda m: generate_focus(m, prompt, 1, focus=fc, decode="fast")}[path]
+  setup = {"plain": lambda m: ModeSetup("plain", m),
+           "selfextend": lambda m: ModeSetup("selfextend", m, group_size=2, neighbor_window=8),
+           "focus_exact": lambda m: ModeSetup("focus", m, focus=fc, focus_decode="exact"),
+           "focus_fast": lambda m: ModeSetup("focus", m, focus=fc, focus_decode="fast")}[path]
+  run = lambda m: generate(setup(m), prompt, 1)
   ok = run(_focus_model(d, "hf"))           # the same path on finite weights decodes
   assert ok.tokens.size == 1 and np.isfinite(ok.logits).all()
   with pytest.raises(NonFiniteLogits, match=r"non-finite logits \(64 of 64 NaN or inf\) at "
@@ -265,8 +264,7 @@ def test_decoding_refuses_non_finite_logits(d, path):
 
 @pytest.mark.parametrize("path", ["plain", "focus"])
 def test_huge_max_new_tokens_is_refused_with_the_estimate(d, path):
-  from focus_jax.decoding import generate_plain
-  from focus_jax.focus.inference import generate_focus
+  from focus_jax.generation.modes import ModeSetup, generate
   model = _focus_model(d, "hf")
   fc = FocusConfig(chunk_size=8, local_window=8, fragment_len=8, min_focus_len=0)
   n = 10**12
@@ -277,10 +275,10 @@ def test_huge_max_new_tokens_is_refused_with_the_estimate(d, path):
     # + the prefill over the 256-token bucket: 3 x 32 + 2 x 48 + (4 + 2 x 2) x 8 floats a token
     want += 256 * (3 * 32 + 2 * 48 + 8 * 8) * 4
     want = f"would need {want / 2**30:,.1f} GiB"
-    run = lambda: generate_plain(model, [1, 2, 3], n)
+    run = lambda: generate(ModeSetup("plain", model), [1, 2, 3], n)
   else:
     want = None
-    run = lambda: generate_focus(model, list(range(3, 43)), n, focus=fc)
+    run = lambda: generate(ModeSetup("focus", model, focus=fc), list(range(3, 43)), n)
   with pytest.raises(ValueError, match=r"the KV cache (and prefill activations )?for .* would "
                      r"need .* more than the") as e:
     run()

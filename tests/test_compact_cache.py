@@ -19,8 +19,9 @@ from focus_reference import TINY, reference_focus, tiny_model
 
 from focus_jax.config import FocusConfig
 from focus_jax.focus import steps as P_
-from focus_jax.focus.inference import LOCAL_BUCKET, _left_pad, encode_chunks, generate_focus
+from focus_jax.focus.inference import encode_chunks, local_input
 from focus_jax.focus.plan import make_plan, round_up, row_batch
+from focus_jax.generation.modes import ModeSetup, generate
 from focus_jax.model.llama import init_cache
 from focus_jax.parallel import make_mesh
 
@@ -43,11 +44,13 @@ def x():
 
 @pytest.fixture(scope="module")
 def run(model, x):
-  """generate_focus(model, x, STEPS, **kw) -> (Generation, timings), memoised per kw."""
+  """generate(ModeSetup("focus", model, focus=FC, **kw), x, STEPS) -> (Generation, timings),
+  memoised per kw."""
   @functools.lru_cache(maxsize=None)
   def go(**kw):
     tm = {}
-    return generate_focus(model, x, STEPS, focus=FC, stop_at_eos=False, timings=tm, **kw), tm
+    return generate(ModeSetup("focus", model, focus=FC, **kw), x, STEPS, stop_at_eos=False,
+                    timings=tm), tm
   return lambda **kw: go(**kw)
 
 
@@ -60,14 +63,14 @@ def test_row_batch():
 
 def test_float32_cache_is_the_default_path(run):
   base, tm = run()
-  f32, tm32 = run(cache_dtype="float32")
+  f32, tm32 = run(chunk_cache_dtype="float32")
   np.testing.assert_array_equal(f32.logits, base.logits)
   assert tm["cache_bytes"] == tm32["cache_bytes"] > 0
 
 
 def test_bfloat16_cache_equals_float32_on_the_rounded_cache(model, x, run):
   """Independent path: float32 buffers, rounded to bfloat16 before every step reads them."""
-  gen, tm = run(cache_dtype="bfloat16")
+  gen, tm = run(chunk_cache_dtype="bfloat16")
   assert tm["cache_bytes"] * 2 == run()[1]["cache_bytes"]
   rnd = lambda c: c._replace(k=c.k.astype(jnp.bfloat16).astype(jnp.float32),
                              v=c.v.astype(jnp.bfloat16).astype(jnp.float32))
@@ -79,13 +82,13 @@ def test_bfloat16_cache_equals_float32_on_the_rounded_cache(model, x, run):
   assert cache.k.dtype == jnp.float32
   graphdef, state = nnx.split(model)
   local = [int(t) for t in plan.local]
-  toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
+  toks, val = local_input(local)
   rows = [P_.local_fn(graphdef, mesh)(state, mem_k, mem_v, mem_valid, mem_pos, toks, val)]
   step = P_.exact_step_fn(graphdef, mesh)
   prev = local[-1]
   for tok in gen.tokens[:-1].tolist():
     local.append(tok)
-    toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
+    toks, val = local_input(local)
     logits, cache = step(state, rnd(cache), mem_valid, jnp.asarray([prev, tok], jnp.int32),
                          mem_pos, toks, val)
     rows.append(logits)
@@ -98,7 +101,7 @@ def test_bfloat16_cache_close_to_float32(run):
   itself. Attention scores and outputs are smooth (a convex mix of V; scores linear in K),
   so the logits move by a small multiple of that relative error: bound 2^-8 * max|logit|."""
   f32, _ = run()
-  bf16, _ = run(cache_dtype="bfloat16")
+  bf16, _ = run(chunk_cache_dtype="bfloat16")
   diff = np.abs(bf16.logits - f32.logits)
   assert 0 < diff.max() <= 2 ** -8 * np.abs(f32.logits).max()
   assert diff[0].max() == 0   # the first logits read only the memory, computed in float32
@@ -165,9 +168,9 @@ def test_encoding_temporaries_do_not_grow_with_rows(model):
 
 def test_bad_cache_dtype(model, x):
   with pytest.raises(ValueError, match="cache_dtype"):
-    generate_focus(model, x, 2, focus=FC, cache_dtype="float16")
+    generate(ModeSetup("focus", model, focus=FC, chunk_cache_dtype="float16"), x, 2)
   with pytest.raises(ValueError, match="step_rows"):
-    generate_focus(model, x, 2, focus=FC, step_rows=-1)
+    generate(ModeSetup("focus", model, focus=FC, step_rows=-1), x, 2)
 
 
 def test_generate_cli_chunk_cache_dtype(model, x, run, tmp_path):
@@ -188,6 +191,6 @@ def test_generate_cli_chunk_cache_dtype(model, x, run, tmp_path):
       cwd=root, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   got = np.load(tmp_path / "out.npz")["logits"]
-  want, _ = run(cache_dtype="bfloat16")
+  want, _ = run(chunk_cache_dtype="bfloat16")
   np.testing.assert_allclose(got, want.logits, atol=1e-6, rtol=0)
   assert np.abs(got - run()[0].logits).max() > 0   # not the float32 cache

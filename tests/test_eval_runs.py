@@ -13,7 +13,7 @@ from focus_jax.eval import passkey as P
 from focus_jax.eval import passkey_grid as G
 from focus_jax.eval import perplexity as PP
 from focus_jax.eval.driver import run_cases
-from focus_jax.eval.runner import ModeSetup
+from focus_jax.generation.modes import ModeSetup
 from focus_jax.eval.tok import ByteTok
 from focus_jax.model import AttnOptions, LlamaForCausalLM
 

@@ -1,6 +1,6 @@
 """The batched exact pass (focus_jax.focus.exact_batch) equals K steps of exact decoding.
 
-Reference: generate_focus(decode="exact") with the targets forced as the
+Reference: exact decoding (generation.modes.generate) with the targets forced as the
 generated tokens (one chunk update and one local recomputation per target).
 Layouts: several K, chunk sizes with a last chunk shorter than S, fragment
 lengths capped by S or Wl, padding rows (bucketed row counts), several chunk
@@ -21,7 +21,7 @@ from flax import nnx
 from focus_reference import TINY, tiny_model
 from focus_jax.config import FocusConfig
 from focus_jax.focus import exact_batch as E
-from focus_jax.focus.inference import generate_focus
+from focus_jax.generation.modes import ModeSetup, generate
 from focus_jax.model import CandidateParam, init_cache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,8 +44,8 @@ def _sample(length, seed):
 
 
 def _reference(model, prompt, targets, fc, decode="exact"):
-  return generate_focus(model, prompt, len(targets), _Forced(targets), focus=fc, decode=decode,
-                        stop_at_eos=False).logits
+  return generate(ModeSetup("focus", model, focus=fc, focus_decode=decode), prompt, len(targets),
+                  _Forced(targets), stop_at_eos=False).logits
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_too_short_is_refused(model):
 def test_nan_and_oversized_are_refused(model, small_case):
   """NaN logits stop the pass as they stop exact decoding; a pass too large for the
   machine is refused before anything is allocated."""
-  from focus_jax.decoding import NonFiniteLogits
+  from focus_jax.generation.decode import NonFiniteLogits
   prompt, targets, _ = small_case
   broken = nnx.clone(model)
   k = broken.model.layers.self_attn.candidate_k_proj.kernel   # NaN memory keys

@@ -9,11 +9,10 @@ from flax import nnx
 from focus_reference import TINY, reference_focus, reference_plain, tiny_model
 
 from focus_jax.config import FocusConfig
-from focus_jax.decoding import generate_plain
 from focus_jax.focus import core
-from focus_jax.focus.inference import generate_focus
 from focus_jax.focus.losses import split_model
 from focus_jax.focus.plan import bucket_count, make_plan, shard_order
+from focus_jax.generation.modes import ModeSetup, generate
 from focus_jax.model import AttnOptions, LlamaForCausalLM
 
 S, WL, F, T = 16, 24, 8, 40
@@ -92,7 +91,7 @@ CASES = {
 def test_exact_generation_matches_reference(model, case):
   kw = CASES[case]
   x = prompt(kw["length"], seed=len(case), bos_at=kw.get("bos_at", ()))
-  gen = generate_focus(model, x, STEPS, focus=FC, chunk_batch=2)
+  gen = generate(ModeSetup("focus", model, focus=FC, chunk_batch=2), x, STEPS)
   assert gen.logits.shape == (STEPS, TINY.vocab_size) and gen.logits.dtype == np.float32
   ref = reference_focus(model, x, S, WL, F, gen.tokens[:-1])
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
@@ -104,7 +103,8 @@ def test_blockwise_attention_paths_match_reference(model):
   x = prompt(90, seed=8)
   blocks = AttnOptions(block_q=8, block_k=8, dense_max=0)
   for decode in ("exact", "fast"):
-    gen = generate_focus(model, x, 4, focus=FC, decode=decode, attn=blocks)
+    setup = ModeSetup("focus", model, focus=FC, focus_decode=decode, attn=blocks)
+    gen = generate(setup, x, 4)
     ref = reference_focus(model, x, S, WL, F, gen.tokens[:-1],
                           frozen_memory=decode == "fast")
     np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
@@ -112,27 +112,29 @@ def test_blockwise_attention_paths_match_reference(model):
 
 def test_fast_mode_is_frozen_memory(model):
   x = prompt(90, seed=3)
-  gen = generate_focus(model, x, STEPS, focus=FC, chunk_batch=2, decode="fast")
+  gen = generate(ModeSetup("focus", model, focus=FC, chunk_batch=2, focus_decode="fast"), x,
+                 STEPS)
   ref = reference_focus(model, x, S, WL, F, gen.tokens[:-1], frozen_memory=True)
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
-  exact = generate_focus(model, x, 1, focus=FC, chunk_batch=2)
+  exact = generate(ModeSetup("focus", model, focus=FC, chunk_batch=2), x, 1)
   np.testing.assert_allclose(gen.logits[0], exact.logits[0], atol=1e-6, rtol=0)
 
 
 def test_chunk_batch_does_not_change_results(model):
   x = prompt(90, seed=4)
-  a = generate_focus(model, x, 3, focus=FC, chunk_batch=1)
-  b = generate_focus(model, x, 3, focus=FC, chunk_batch=2, progress=True)
+  a = generate(ModeSetup("focus", model, focus=FC, chunk_batch=1), x, 3)
+  b = generate(ModeSetup("focus", model, focus=FC, chunk_batch=2, progress=True), x, 3)
   np.testing.assert_allclose(a.logits, b.logits, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("bos_first", [False, True])
 def test_below_threshold_is_plain_model(model, bos_first):
   x = prompt(T - 1, seed=5, bos_at=(0,) if bos_first else ())
-  gen = generate_focus(model, x, STEPS, focus=FC)
+  gen = generate(ModeSetup("focus", model, focus=FC), x, STEPS)
   ref = reference_plain(model, x, gen.tokens[:-1])
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)
-  plain = generate_plain(model, x if bos_first else np.concatenate([[BOS], x]), STEPS)
+  plain = generate(ModeSetup("plain", model), x if bos_first else np.concatenate([[BOS], x]),
+                   STEPS)
   assert gen.tokens.tolist() == plain.tokens.tolist()
 
 
@@ -169,11 +171,11 @@ def test_candidate_gradient_with_stopped_prefix_is_exact(model):
 def test_bad_arguments(model):
   x = prompt(90)
   with pytest.raises(ValueError, match="candidate"):
-    generate_focus(LlamaForCausalLM(TINY), x, 2, focus=FC)
+    generate(ModeSetup("focus", LlamaForCausalLM(TINY), focus=FC), x, 2)
   with pytest.raises(ValueError, match="decode"):
-    generate_focus(model, x, 2, focus=FC, decode="approx")
+    generate(ModeSetup("focus", model, focus=FC, focus_decode="approx"), x, 2)
   with pytest.raises(ValueError, match="max_new_tokens"):
-    generate_focus(model, x, 0, focus=FC)
+    generate(ModeSetup("focus", model, focus=FC), x, 0)
   with pytest.raises(ValueError, match="cache_size"):
     core.chunk_prefix(model, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool), 3)
 
@@ -196,7 +198,7 @@ def test_generate_cli_focus_mode(model, tmp_path):
       cwd=root, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   got = np.load(tmp_path / "out.npz")
-  want = generate_focus(model, x, 4, focus=FC, stop_at_eos=False)
+  want = generate(ModeSetup("focus", model, focus=FC), x, 4, stop_at_eos=False)
   assert got["logits"].dtype == np.float32 and got["tokens"].dtype == np.int32
   np.testing.assert_allclose(got["logits"], want.logits, atol=1e-5, rtol=0)
   assert got["tokens"].tolist() == want.tokens.tolist()

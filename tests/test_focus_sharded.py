@@ -50,8 +50,9 @@ def main():
   import jax
   from focus_reference import TINY, tiny_model
   from focus_jax.config import FocusConfig
-  from focus_jax.focus.inference import encode_chunks, generate_focus
+  from focus_jax.focus.inference import encode_chunks
   from focus_jax.focus.plan import make_plan
+  from focus_jax.generation.modes import ModeSetup, generate
   from focus_jax.parallel import make_mesh, replicate
 
   assert jax.device_count() == 8, jax.devices()
@@ -67,11 +68,11 @@ def main():
   for length, decode, meshes in runs:
     x = np.random.default_rng(length).integers(TINY.bos_token_id + 1, TINY.vocab_size,
                                                size=length).astype(np.int32)
-    ref = generate_focus(model, x, 5, focus=fc, decode=decode, chunk_batch=2,
-                         mesh=make_mesh("chunk:1"))
+    ref = generate(ModeSetup("focus", model, focus=fc, focus_decode=decode, chunk_batch=2,
+                             mesh=make_mesh("chunk:1")), x, 5)
     for mesh in meshes:
-      got = generate_focus(model, x, 5, focus=fc, decode=decode, chunk_batch=8,
-                           mesh=make_mesh(mesh))
+      got = generate(ModeSetup("focus", model, focus=fc, focus_decode=decode, chunk_batch=8,
+                               mesh=make_mesh(mesh)), x, 5)
       err = float(np.abs(got.logits - ref.logits).max())
       print(f"L={length} {decode} {mesh}: max |diff| {err:.2e}", flush=True)
       assert err < 1e-5 and got.tokens.tolist() == ref.tokens.tolist(), (length, decode, mesh)

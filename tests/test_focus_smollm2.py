@@ -10,7 +10,7 @@ from focus_reference import reference_focus
 
 from focus_jax import assets
 from focus_jax.config import FocusConfig
-from focus_jax.focus.inference import generate_focus
+from focus_jax.generation.modes import ModeSetup, generate
 from focus_jax.model import add_candidates, device_put
 
 S, WL, F = 256, 600, 512
@@ -27,7 +27,8 @@ def test_smollm2_focus_matches_reference(decode):
   tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
   ids, _ = make_passkey_prompt(tok, 1400, depth=0.5, seed=0)
   fc = FocusConfig(chunk_size=S, local_window=WL, fragment_len=F, min_focus_len=1000)
-  gen = generate_focus(model, ids, 4, focus=fc, decode=decode, stop_at_eos=False)
+  gen = generate(ModeSetup("focus", model, focus=fc, focus_decode=decode), ids, 4,
+                 stop_at_eos=False)
   ref = reference_focus(model, ids, S, WL, F, gen.tokens[:-1],
                         frozen_memory=decode == "fast")
   # fp32 logits of magnitude ~30: 2e-4 is a relative error of about 1e-5

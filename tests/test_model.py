@@ -8,7 +8,7 @@ import pytest
 from focus_jax.config import ModelConfig
 from flax import nnx
 
-from focus_jax.decoding import generate_plain
+from focus_jax.generation.modes import ModeSetup, generate
 from focus_jax.model import AttnOptions, LlamaForCausalLM, init_cache
 from focus_jax.model.attention import attention
 from focus_jax.model.rope import apply_rope, inv_frequencies
@@ -104,7 +104,7 @@ def test_left_padded_row_equals_row_alone(model):
 
 def test_generate_plain_equals_naive_greedy_loop(model):
   prompt = np.asarray(jax.random.randint(jax.random.PRNGKey(4), (23,), 0, CFG.vocab_size))
-  gen = generate_plain(model, prompt, 12)
+  gen = generate(ModeSetup("plain", model), prompt, 12)
   seq = list(prompt)
   for step in range(12):
     logits = model(jnp.asarray([seq]), jnp.arange(len(seq))[None]).logits[0, -1]
@@ -116,17 +116,17 @@ def test_generate_plain_equals_naive_greedy_loop(model):
 
 def test_generate_stops_at_eos(model):
   prompt = np.arange(5, dtype=np.int32)
-  first = generate_plain(model, prompt, 6)
+  first = generate(ModeSetup("plain", model), prompt, 6)
   eos = int(first.tokens[2])
-  stopped = generate_plain(model, prompt, 6, eos_ids=(eos,))
+  stopped = generate(ModeSetup("plain", model), prompt, 6, eos_ids=(eos,))
   assert stopped.tokens.tolist() == first.tokens.tolist()[:first.tokens.tolist().index(eos) + 1]
 
 
 def test_bad_prompt_rejected(model):
   with pytest.raises(ValueError, match="prompt ids"):
-    generate_plain(model, np.asarray([1, 500]), 3)
+    generate(ModeSetup("plain", model), np.asarray([1, 500]), 3)
   with pytest.raises(ValueError, match="1-D"):
-    generate_plain(model, np.zeros((2, 2), np.int32), 3)
+    generate(ModeSetup("plain", model), np.zeros((2, 2), np.int32), 3)
 
 
 def test_config_validation():

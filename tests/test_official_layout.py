@@ -20,7 +20,7 @@ from test_convert import LAYERS, flat_state, make_hf, run_cli
 from focus_jax.checkpoint import (CheckpointError, export_hf, load_checkpoint, load_hf,
                                   read_focus_config)
 from focus_jax.config import FocusConfig
-from focus_jax.focus.inference import generate_focus
+from focus_jax.generation.modes import ModeSetup, generate
 from focus_jax.model import CandidateParam, add_candidates
 
 PROJS = ("q", "k", "v", "o")
@@ -93,7 +93,7 @@ def test_convert_reads_candidates_and_settings(folders):
   # FocusLLM on a prompt above the threshold == the per-chunk reference with those values
   focus = dataclasses.replace(extras["focus_config"], min_focus_len=40)
   x = np.random.default_rng(0).integers(3, 96, size=90).astype(np.int32)  # 5 chunks + local
-  gen = generate_focus(model, x, 1, focus=focus)   # the prefill (later steps: test_focus)
+  gen = generate(ModeSetup("focus", model, focus=focus), x, 1)  # prefill (steps: test_focus)
   ref = reference_focus(reference_model(folders), x, S, WL, min(512, S, WL))
   assert gen.logits.shape == ref.shape == (1, 96)
   np.testing.assert_allclose(gen.logits, ref, atol=1e-5, rtol=0)

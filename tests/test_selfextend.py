@@ -18,14 +18,15 @@ import functools
 
 from flax import nnx
 
-from focus_jax import decoding as gen_lib
+from focus_jax.generation import decode as gen_lib
 from focus_jax.config import ModelConfig, SelfExtendConfig
 from focus_jax.eval import passkey
 from focus_jax.eval.passkey import make_passkey_prompt
 from focus_jax.model import AttnOptions, LlamaForCausalLM, init_cache
 from focus_jax.model.attention import attention as _attention
 from focus_jax.model.rope import inv_frequencies
-from focus_jax.selfextend import choose_group_size, generate_selfextend, resolve
+from focus_jax.generation.modes import ModeSetup, generate
+from focus_jax.selfextend import choose_group_size, resolve
 
 THETA = 10000.0
 CFG = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2,
@@ -263,7 +264,7 @@ def test_cached_decode_equals_recomputation(model):
 
 
 def test_left_padded_batch_decode_equals_rows_alone(model):
-  """The decoding.prefill / decode_step path: pads are id -1, rows start at position 0."""
+  """The decode.prefill / decode_step path: pads marked by valid, rows start at position 0."""
   g, w, steps = 3, 8, 6
   lengths, total = [41, 17], 48
   rng = np.random.default_rng(6)
@@ -274,7 +275,8 @@ def test_left_padded_batch_decode_equals_rows_alone(model):
     batch[r, total - p.size:] = p
 
   def run(tokens, forced):
-    logits, cache, pos = gen_lib.prefill(*nnx.split(model), jnp.asarray(tokens), cache_size=64,
+    logits, cache, pos = gen_lib.prefill(*nnx.split(model), jnp.asarray(np.maximum(tokens, 0)),
+                                         jnp.asarray(tokens >= 0), cache_size=64,
                                          attn=AttnOptions(selfextend=(g, w)))
     rows = [np.asarray(logits)]
     for i in range(steps):
@@ -296,7 +298,7 @@ def test_left_padded_batch_decode_equals_rows_alone(model):
 
 def test_generate_selfextend_equals_naive_loop(model):
   prompt = np.asarray(jax.random.randint(jax.random.PRNGKey(8), (50,), 0, CFG.vocab_size))
-  gen = generate_selfextend(model, prompt, 8, neighbor_window=12)  # G chosen: 58 tokens
+  gen = generate(ModeSetup("selfextend", model, neighbor_window=12), prompt, 8)  # G chosen: 58
   g = choose_group_size(58, CFG.max_position_embeddings, 12)
   assert g == 3
   seq = list(prompt)
@@ -385,5 +387,5 @@ def test_passkey_prompt_too_short():
 
 
 def test_launch_generate_has_selfextend_mode():
-  from launch import generate as launch_generate
-  assert "selfextend" in launch_generate.MODES
+  from launch.modes import MODES   # the --mode names of launch.generate
+  assert "selfextend" in MODES

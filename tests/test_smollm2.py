@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from focus_jax import assets
-from focus_jax.decoding import generate_plain
+from focus_jax.generation.modes import ModeSetup, generate
 from focus_jax.model import device_put
 
 N_TOKENS = 1600
@@ -54,7 +54,7 @@ def test_greedy_continuation_matches_hf_generate(smollm2):
     ref = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
                          pad_token_id=tok.eos_token_id)[0, len(prompt):]
   assert len(ref) == 32
-  ours = generate_plain(ours, prompt, 32)
+  ours = generate(ModeSetup("plain", ours), prompt, 32)
   assert ours.tokens.tolist() == ref.tolist()
 
 
@@ -64,7 +64,7 @@ def test_answers_paris_and_stops_at_eos_like_hf(smollm2):
   with torch.no_grad():
     ref = model.generate(torch.tensor([prompt]), max_new_tokens=48, do_sample=False,
                          pad_token_id=tok.eos_token_id)[0, len(prompt):]
-  gen = generate_plain(ours, prompt, 48)
+  gen = generate(ModeSetup("plain", ours), prompt, 48)
   assert gen.tokens.tolist() == ref.tolist()
   assert gen.tokens[-1] in ours.config.eos_token_ids or len(gen.tokens) == 48
   assert tok.decode(gen.tokens).lstrip().startswith("Paris")

@@ -56,7 +56,7 @@ def test_continuation_loss_equals_inference_logits():
   """A continuation task is FocusLLM inference on x[:start+m] with Wl = m: same number."""
   from focus_jax.config import FocusConfig
   from focus_jax.data.samples import CONTINUATION, build_task, draw_task
-  from focus_jax.focus.inference import generate_focus
+  from focus_jax.generation.modes import ModeSetup, generate
   model = perturb_candidates(add_candidates(LlamaForCausalLM(CFG, nnx.Rngs(0), std=0.1)), 1)
   spec = SampleSpec(local_window=40, chunk_sizes=(16,), fragment_max=12, span_min=6,
                     max_len=100, bos_id=1)
@@ -66,7 +66,7 @@ def test_continuation_loss_equals_inference_logits():
   ce, _ = task_losses(model, {k: jnp.asarray(v) for k, v in batch.items()})
   end = t["start"] + t["m"]
   focus = FocusConfig(chunk_size=16, local_window=t["m"], fragment_len=12, min_focus_len=0)
-  gen = generate_focus(model, x[:end], 1, focus=focus, stop_at_eos=False)
+  gen = generate(ModeSetup("focus", model, focus=focus), x[:end], 1, stop_at_eos=False)
   want = -jax.nn.log_softmax(jnp.asarray(gen.logits[0]))[x[end]]
   np.testing.assert_allclose(ce[0], want, rtol=1e-5)
 

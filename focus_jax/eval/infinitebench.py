@@ -92,9 +92,9 @@ def prompt_ids(tokenizer, task: str, eg: dict, max_length: int) -> list[int]:
 
 def predict(setup, tokenizer, task: str, eg: dict, max_length: int) -> dict:
   """The model's answer to one sample: {"prompt_tokens", "pred"} (greedy, the task's limit)."""
-  from focus_jax.eval import runner
+  from focus_jax.generation.modes import generate
   ids = prompt_ids(tokenizer, task, eg, max_length)
-  gen = runner.generate(setup, ids, MAX_NEW_TOKENS[task], eos_ids=list(setup.cfg.eos_token_ids))
+  gen = generate(setup, ids, MAX_NEW_TOKENS[task], eos_ids=list(setup.cfg.eos_token_ids))
   return {"prompt_tokens": len(ids),
           "pred": tokenizer.decode([int(t) for t in gen.tokens], skip_special_tokens=True)}
 

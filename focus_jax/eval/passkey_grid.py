@@ -62,10 +62,10 @@ def case_prompt(tokenizer, case: dict, haystack: str | None = None,
 
 
 def run_case(setup, tokenizer, case: dict, haystack=None, needle_template=None) -> dict:
-  from focus_jax.eval import runner
+  from focus_jax.generation.modes import generate
   ids, answer = case_prompt(tokenizer, case, haystack, needle_template)
   n = P.answer_token_count(tokenizer, answer)
-  gen = runner.generate(setup, ids, n, stop_at_eos=False)
+  gen = generate(setup, ids, n, stop_at_eos=False)
   out = tokenizer.decode([int(t) for t in gen.tokens[:n]], skip_special_tokens=True)
   return {"length": case["length"], "depth": case["depth"], "seed": case["seed"],
           "tokens": int(len(ids)), "key": answer, "output": out,

@@ -9,7 +9,7 @@ all, in document order; documents shorter than L tokens are skipped.
 Perplexity = exp(total loss / total target tokens).
 
 FocusLLM: each of the 256 targets gets the logits of exact decoding with the
-earlier targets forced as generated tokens (focus_jax.eval.runner
+earlier targets forced as generated tokens (focus_jax.generation.modes
 .token_logprobs): every target reads a memory rebuilt from chunks extended by
 the targets before it, as exact generation does. Instead of one exact step
 per target (a chunk update of every chunk plus a local recomputation), all
@@ -93,14 +93,14 @@ def run_window(setup, doc, case: dict, bos: int, loss_tokens: int,
                context: int | None = None) -> dict:
   """The window's loss. context=C: a control run in which the targets see only BOS and
   the last C window tokens before them (the same targets, a truncated context)."""
-  from focus_jax.eval import runner
+  from focus_jax.generation.modes import token_logprobs
   ids = window_ids(doc, case["start"], case["length"], bos)
   prompt = ids[:-loss_tokens]
   if context is not None:
     if context < 1:
       raise ValueError(f"context must be >= 1, got {context}")
     prompt = [bos] + prompt[1:][-context:]
-  lp = runner.token_logprobs(setup, prompt, ids[-loss_tokens:])
+  lp = token_logprobs(setup, prompt, ids[-loss_tokens:])
   return {"length": case["length"], "doc": case["doc"], "start": case["start"],
           "nll": float(-lp.sum()), "tokens": int(lp.size)}
 

@@ -428,11 +428,11 @@ def make_cases(tasks, lengths, samples: int) -> list[dict]:
 
 
 def run_case(setup, tokenizer, case: dict, haystack: str | None = None) -> dict:
-  from focus_jax.eval import runner
+  from focus_jax.generation.modes import generate
   s = make_sample(case["task"], case["length"], case["index"],
                   lambda t: len(tokenizer(t)["input_ids"]), haystack)
   ids = tokenizer(s["prompt"])["input_ids"]
-  gen = runner.generate(setup, ids, s["max_new_tokens"], eos_ids=list(setup.cfg.eos_token_ids))
+  gen = generate(setup, ids, s["max_new_tokens"], eos_ids=list(setup.cfg.eos_token_ids))
   pred = tokenizer.decode([int(t) for t in gen.tokens], skip_special_tokens=True)
   return {"task": case["task"], "length": case["length"], "index": case["index"],
           "tokens": len(ids), "answers": s["answers"], "pred": pred,

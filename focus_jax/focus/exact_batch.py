@@ -39,7 +39,7 @@ from flax import nnx
 
 from focus_jax import parallel
 from focus_jax.config import FocusConfig
-from focus_jax.decoding import check_cache_fits, finite_row
+from focus_jax.generation.decode import check_cache_fits, finite_row
 from focus_jax.focus import core
 from focus_jax.focus import steps as S_
 from focus_jax.focus.plan import make_plan, round_up, shard_order
@@ -224,15 +224,15 @@ def exact_logits(model, prompt: Sequence[int], targets: Sequence[int], *,
                  local_batch: int = 0, attn: AttnOptions = AttnOptions(),
                  timings: dict | None = None) -> np.ndarray:
   """float32 [K, V]: row j = the logits exact FocusLLM decoding gives after prompt ++
-  targets[:j] (generate_focus(decode="exact") with the targets forced), in one pass.
+  targets[:j] (exact decoding with the targets forced), in one pass.
 
   chunk_batch: at least this many chunk rows per call (more, up to CHUNK_TOKENS
   tokens per device, when the rows are short); rounded to the chunk axis.
   local_batch: local rows per call (0: as many as fit LOCAL_TOKENS tokens); calls
   group rows of the same padded length (local_groups).
   Raises ValueError when the prompt is too short for the memory (the plain
-  model scores those; see eval.runner.token_logprobs) or, before allocating,
-  when the pass cannot fit in memory; decoding.NonFiniteLogits (as exact
+  model scores those; see generation.modes.token_logprobs) or, before allocating,
+  when the pass cannot fit in memory; generation.decode.NonFiniteLogits (as exact
   decoding) when a row holds NaN or inf.
   """
   prompt = np.asarray(prompt, np.int32)

@@ -1,25 +1,24 @@
-"""FocusLLM generation (the `focus` mode of launch.generate), per FOCUSLLM.md.
+"""FocusLLM decoders (the `focus` mode of focus_jax.generation), per FOCUSLLM.md.
 
 Prefill: chunk rows are encoded in batches of `chunk_batch` rows (the same
 compiled function for every batch, a progress bar over batches), split over
 the mesh's chunk axis; then the local input reads the gathered memory.
 
-Decoding (`decode`):
-  "exact"  the official algorithm: at every generated token each chunk runs
-           [prev, y_t] on its KV cache (its fragment grows with the generated
-           text), the memory is rebuilt from the new candidates and the local
-           input BOS ++ local ++ y_1..y_t is recomputed from scratch on it.
-  "fast"   an APPROXIMATION: the memory is frozen after prefill and the local
-           K/V are cached, so a step costs one token. Chunk caches are not
-           kept. It agrees with exact mode on the first token only; see
+Decoders (ModeSetup.focus_decode), each a generation.decode.Decoder:
+  "exact"  ExactDecoder, the official algorithm: at every generated token each
+           chunk runs [prev, y_t] on its KV cache (its fragment grows with the
+           generated text), the memory is rebuilt from the new candidates and
+           the local input BOS ++ local ++ y_1..y_t is recomputed from scratch on it.
+  "fast"   FastDecoder, an APPROXIMATION: the memory is frozen after prefill and
+           the local K/V are cached, so a step costs one token. Chunk caches are
+           not kept. It agrees with exact mode on the first token only; see
            docs/RESULTS.md for measured agreement.
-Inputs shorter than min_focus_len run the plain model (BOS prepended when
-x[0] != BOS) with plain cached greedy decoding.
+Inputs shorter than min_focus_len get the plain decoder on BOS ++ x (BOS
+prepended when x[0] != BOS).
 """
 from __future__ import annotations
 
 import time
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,29 +26,19 @@ import numpy as np
 
 from flax import nnx
 
-from focus_jax.config import FocusConfig
-from focus_jax.decoding import Generation, check_cache_fits, finite_row, generate_plain
-from focus_jax.focus import steps as P_
-from focus_jax.focus.plan import ChunkPlan, make_plan, round_up, row_batch, shard_order
+from focus_jax.focus import steps
+from focus_jax.focus.plan import ChunkPlan, left_pad, make_plan, round_up, row_batch, shard_order
+from focus_jax.generation.decode import Decoder, PlainDecoder, check_cache_fits
 from focus_jax.model import AttnOptions
 from focus_jax.parallel import axis_size, check_tensor, make_mesh, shard_state, sharding
-from focus_jax.sampling import Sampler
 
-DECODE_MODES = ("exact", "fast")
 LOCAL_BUCKET = 64   # local inputs are left-padded to a multiple of this (fewer compilations)
-# Chunk rows per batch of an exact decoding step: the step's temporaries (the batch's
-# cache rows, each layer's upcast and rotated) are O(this), not O(rows); below it, one
-# call as before. SmolLM2 at S=128: 64 rows of 208 slots are 0.3 GB of bfloat16 K/V.
-STEP_ROWS = 64
-CACHE_DTYPES = ("float32", "bfloat16")
 
 
-def _left_pad(seq: Sequence[int], length: int):
-  toks = np.zeros(length, np.int32)
-  valid = np.zeros(length, bool)
-  toks[length - len(seq):] = seq
-  valid[length - len(seq):] = True
-  return jnp.asarray(toks), jnp.asarray(valid)
+def local_input(local) -> tuple[jax.Array, jax.Array]:
+  """The local tokens left-padded to a multiple of LOCAL_BUCKET: (tokens [T], valid [T])."""
+  tokens, valid = left_pad([local], 1, round_up(len(local), LOCAL_BUCKET))
+  return jnp.asarray(tokens[0]), jnp.asarray(valid[0])
 
 
 class _Clock:
@@ -60,9 +49,9 @@ class _Clock:
     self.out = out
     self.start = self.last = (time.perf_counter(), time.process_time())
 
-  def record(self, key, value):
+  def record(self, **values):
     if self.out is not None:
-      self.out[key] = value
+      self.out.update(values)
 
   def lap(self, key, array, since_start=False):
     if self.out is None:
@@ -89,20 +78,18 @@ def encode_chunks(model, plan: ChunkPlan, mesh, chunk_batch: int, *, keep_cache:
   the per-row cache length when keep_cache (>= row_len - 1); cache_dtype its
   K/V storage (default the compute dtype; see steps.alloc_fn).
   """
-  shards = axis_size(mesh, P_.CHUNK)
+  shards = axis_size(mesh, steps.CHUNK)
   perm = shard_order(plan.n_rows, shards, chunk_batch)
-  rows = sharding(mesh, P_.CHUNK)
-  tokens = jax.device_put(plan.tokens[perm], rows)
-  valid = jax.device_put(plan.valid[perm], rows)
-  mem_valid = jax.device_put(plan.mem_valid[perm], rows)
-  mem_pos = jax.device_put(plan.mem_pos[perm], rows)
+  rows = sharding(mesh, steps.CHUNK)
+  tokens, valid, mem_valid, mem_pos = (jax.device_put(a[perm], rows) for a in (
+      plan.tokens, plan.valid, plan.mem_valid, plan.mem_pos))
   size = cache_size if keep_cache else 0
   if keep_cache and size < plan.row_len - 1:
     raise ValueError(f"cache_size {size} < row length - 1 ({plan.row_len - 1})")
   graphdef, state = nnx.split(model)
-  cache, mem_k, mem_v = P_.alloc_fn(model.config, mesh, plan.n_rows, size, plan.row_len - 1,
-                                    keep_cache, cache_dtype)()
-  encode = P_.encode_fn(graphdef, mesh, chunk_batch, keep_cache, attn)
+  cache, mem_k, mem_v = steps.alloc_fn(model.config, mesh, plan.n_rows, size, plan.row_len - 1,
+                                       keep_cache, cache_dtype)()
+  encode = steps.encode_fn(graphdef, mesh, chunk_batch, keep_cache, attn)
   batches = range(-(-plan.n_chunks // chunk_batch))   # trailing all-padding batches are skipped
   if progress:
     from tqdm import tqdm
@@ -125,104 +112,103 @@ def cache_tokens(plan: ChunkPlan, max_new_tokens: int, exact: bool) -> int:
   return plan.n_rows + round_up(len(plan.local) + max_new_tokens, LOCAL_BUCKET)
 
 
-def generate_focus(model, prompt: Sequence[int], max_new_tokens: int,
-                   sampler: Sampler = Sampler(), *, focus: FocusConfig = FocusConfig(),
-                   decode: str = "exact", mesh=None, chunk_batch: int = 1,
-                   progress: bool = False, stop_at_eos: bool = True, eos_ids=None,
-                   attn: AttnOptions = AttnOptions(), timings: dict | None = None,
-                   cache_dtype: str | None = None, step_rows: int = STEP_ROWS) -> Generation:
-  """Generates up to max_new_tokens after `prompt` (ids used as given) with FocusLLM.
+def focus_decoder(setup, prompt: np.ndarray, max_new: int,
+                  timings: dict | None = None) -> Decoder:
+  """The decoder of `setup` (a generation.modes.ModeSetup, mode "focus") for `prompt`.
 
-  model must hold candidate projections (focus_jax.model.add_candidates). mesh: a
-  jax Mesh (default: one device); chunk_batch: chunk rows encoded per call,
-  rounded up to a multiple of the chunk-axis size. Small batches bound the
-  prefill memory and waste nothing on padding rows (trailing all-padding
-  batches are skipped); on CPU one row per device is as fast per row as more.
-  Returns a Generation: tokens [steps] and float32 logits [steps, vocab],
-  row 0 predicting the token after the prompt. `timings`, when given, is
-  filled with wall seconds: chunks (encoding), prefill (to the first logits),
-  steps (one per later token), the same with a `_cpu` suffix in process CPU
-  seconds, the plan's n_chunks / n_rows and the chunk cache's bytes.
-  cache_dtype: storage of the exact decoder's chunk K/V cache, "float32" or
-  "bfloat16" (half the bytes, computation still in the compute dtype: each
-  step upcasts the rows it reads); default the compute dtype. step_rows: chunk
-  rows per batch of an exact step (rounded to a divisor of the row count; see
-  STEP_ROWS); 0 runs every row in one call.
+  The model must hold candidate projections (focus_jax.model.add_candidates).
+  setup.chunk_batch is rounded up to a multiple of the chunk-axis size (small
+  batches bound the prefill memory; on CPU one row per device is as fast per row).
+  `timings` gets wall seconds of chunks (encoding), prefill (to the first logits)
+  and steps (one per later token), each also in process CPU seconds (`_cpu`),
+  n_chunks, n_rows and cache_bytes; or plain=True for a prompt below the memory.
   """
-  prompt = np.asarray(prompt)
-  if prompt.ndim != 1 or prompt.size == 0:
-    raise ValueError(f"prompt must be a non-empty 1-D id sequence, got shape {prompt.shape}")
-  if max_new_tokens < 1:
-    raise ValueError("max_new_tokens must be >= 1")
-  if decode not in DECODE_MODES:
-    raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-  if chunk_batch < 1:
-    raise ValueError(f"chunk_batch must be >= 1, got {chunk_batch}")
-  if cache_dtype is not None and cache_dtype not in CACHE_DTYPES:
-    raise ValueError(f"cache_dtype must be one of {CACHE_DTYPES}, got {cache_dtype!r}")
-  if step_rows < 0:
-    raise ValueError(f"step_rows must be >= 0, got {step_rows}")
   clock = _Clock(timings)
-  cfg = model.config
-  mesh = make_mesh(None) if mesh is None else mesh
+  cfg = setup.cfg
+  mesh = make_mesh(None) if setup.mesh is None else setup.mesh
   check_tensor(cfg, mesh)
-  chunk_batch = round_up(chunk_batch, axis_size(mesh, P_.CHUNK))
-  plan = make_plan(prompt, cfg, focus, row_multiple=chunk_batch)
+  chunk_batch = round_up(setup.chunk_batch, axis_size(mesh, steps.CHUNK))
+  plan = make_plan(prompt, cfg, setup.focus, row_multiple=chunk_batch)
   if not plan.focus:
-    clock.record("plain", True)
-    return generate_plain(model, plan.local, max_new_tokens, sampler,
-                          stop_at_eos=stop_at_eos, eos_ids=eos_ids)
-  if not model.has_candidates:
+    clock.record(plain=True)
+    return PlainDecoder(setup.model, plan.local, max_new)
+  if not setup.model.has_candidates:
     raise ValueError("FocusLLM needs candidate projections: the model has none "
                      "(see focus_jax.model.add_candidates)")
-  eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
-  graphdef, state = nnx.split(model)
-  state = shard_state(state, mesh)   # replicated, or split over "fsdp" when the mesh has it
-  model = nnx.merge(graphdef, state)
-  exact = decode == "exact"
-  cache_size = round_up(plan.row_len - 1 + max_new_tokens - 1, 16) if exact else 0
-  check_cache_fits(cfg, cache_tokens(plan, max_new_tokens, exact),
-                   f"{plan.n_chunks} chunks ({plan.n_rows} rows) + {max_new_tokens} new tokens")
-  clock.record("n_chunks", plan.n_chunks)
-  clock.record("n_rows", plan.n_rows)
-  cache, mem_k, mem_v, mem_valid, mem_pos = encode_chunks(
-      model, plan, mesh, chunk_batch, keep_cache=exact, cache_size=cache_size, attn=attn,
-      progress=progress, cache_dtype=cache_dtype)
-  clock.lap("chunks", mem_k)
-  clock.record("cache_bytes", 0 if cache is None else int(cache.k.nbytes + cache.v.nbytes))
-  local = [int(t) for t in plan.local]
-  toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
-  if exact:
-    logits = P_.local_fn(graphdef, mesh, attn)(state, mem_k, mem_v, mem_valid, mem_pos, toks, val)
-    batch = row_batch(plan.n_rows, chunk_batch, step_rows) if step_rows else plan.n_rows
+  exact = setup.focus_decode == "exact"
+  check_cache_fits(cfg, cache_tokens(plan, max_new, exact),
+                   f"{plan.n_chunks} chunks ({plan.n_rows} rows) + {max_new} new tokens")
+  clock.record(n_chunks=plan.n_chunks, n_rows=plan.n_rows)
+  return (ExactDecoder if exact else FastDecoder)(setup, plan, mesh, chunk_batch, max_new, clock)
+
+
+class _FocusDecoder:
+  """What both decoders share: the state (replicated, or split over "fsdp" when the mesh
+  has it), the plan, the local tokens so far and the chunk encoding."""
+
+  def __init__(self, setup, plan: ChunkPlan, mesh, chunk_batch: int, max_new: int, clock):
+    self.graphdef, state = nnx.split(setup.model)
+    self.state = shard_state(state, mesh)
+    self.setup, self.plan, self.mesh, self.chunk_batch = setup, plan, mesh, chunk_batch
+    self.max_new, self.clock, self.attn = max_new, clock, setup.attn
+    self.local = [int(t) for t in plan.local]
+
+  def encode(self, keep_cache: bool, cache_size: int = 0):
+    """Encodes the chunks: (cache or None, mem_k, mem_v); sets mem_valid and mem_pos."""
+    cache, mem_k, mem_v, self.mem_valid, self.mem_pos = encode_chunks(
+        nnx.merge(self.graphdef, self.state), self.plan, self.mesh, self.chunk_batch,
+        keep_cache=keep_cache, cache_size=cache_size, attn=self.attn,
+        progress=self.setup.progress, cache_dtype=self.setup.chunk_cache_dtype)
+    self.clock.lap("chunks", mem_k)
+    self.clock.record(cache_bytes=0 if cache is None else int(cache.k.nbytes + cache.v.nbytes))
+    return cache, mem_k, mem_v
+
+
+class ExactDecoder(_FocusDecoder):
+  """Exact (official) decoding. A step runs the chunk rows in batches of setup.step_rows
+  (rounded to a divisor of the row count); 0, or a batch of every row, in one call."""
+
+  def prefill(self) -> jax.Array:
+    plan = self.plan
+    size = round_up(plan.row_len - 1 + self.max_new - 1, 16)   # cache_tokens' rows
+    self.cache, mem_k, mem_v = self.encode(True, size)
+    logits = steps.local_fn(self.graphdef, self.mesh, self.attn)(
+        self.state, mem_k, mem_v, self.mem_valid, self.mem_pos, *local_input(self.local))
+    rows = self.setup.step_rows
+    batch = row_batch(plan.n_rows, self.chunk_batch, rows) if rows else plan.n_rows
     batch = 0 if batch >= plan.n_rows else batch   # 0: one call over every row
     # batches of each device's rows that hold real chunks (the rest are all padding)
-    n_batches = -(-(-(-plan.n_chunks // chunk_batch)) // (batch // chunk_batch)) if batch else 0
-    step_fn = P_.exact_step_fn(graphdef, mesh, attn, batch)
-  else:
-    size = round_up(toks.shape[0] + max_new_tokens, LOCAL_BUCKET)
-    logits, mem, lcache, pos = P_.fast_prefill_fn(graphdef, mesh, size, attn)(
-        state, mem_k, mem_v, mem_valid, mem_pos, toks, val)
-    step_fn = P_.fast_step_fn(graphdef, mesh, attn)
-  clock.lap("prefill", logits, since_start=True)
-  prev = int(plan.local[-1])
-  tokens, rows = [], []
-  for step in range(max_new_tokens):
-    if step:
-      clock.lap("steps", logits)
-    row = finite_row(logits, step)
-    tok = sampler.pick(row, step)
-    tokens.append(tok)
-    rows.append(row)
-    if (stop_at_eos and tok in eos) or step == max_new_tokens - 1:
-      break
-    if exact:
-      local.append(tok)
-      toks, val = _left_pad(local, round_up(len(local), LOCAL_BUCKET))
-      logits, cache = step_fn(state, cache, mem_valid, jnp.asarray([prev, tok], jnp.int32),
-                              mem_pos, toks, val, jnp.int32(n_batches))
-      prev = tok
-    else:
-      logits, lcache = step_fn(state, mem, mem_valid, mem_pos, lcache, jnp.int32(tok), pos)
-      pos = pos + 1
-  return Generation(np.asarray(tokens, np.int32), np.stack(rows))
+    self.n_batches = -(-plan.n_chunks // batch) if batch else 0
+    self.step_fn = steps.exact_step_fn(self.graphdef, self.mesh, self.attn, batch)
+    self.clock.lap("prefill", logits, since_start=True)
+    return logits
+
+  def step(self, token: int) -> jax.Array:
+    pair = jnp.asarray([self.local[-1], token], jnp.int32)   # [prev, y_t]
+    self.local.append(token)
+    logits, self.cache = self.step_fn(self.state, self.cache, self.mem_valid, pair, self.mem_pos,
+                                      *local_input(self.local), jnp.int32(self.n_batches))
+    self.clock.lap("steps", logits)
+    return logits
+
+
+class FastDecoder(_FocusDecoder):
+  """Fast decoding: the memory frozen after prefill, the local K/V cached."""
+
+  def prefill(self) -> jax.Array:
+    _, mem_k, mem_v = self.encode(False)
+    toks, val = local_input(self.local)
+    size = round_up(toks.shape[0] + self.max_new, LOCAL_BUCKET)
+    logits, self.mem, self.cache, self.pos = steps.fast_prefill_fn(
+        self.graphdef, self.mesh, size, self.attn)(self.state, mem_k, mem_v, self.mem_valid,
+                                                   self.mem_pos, toks, val)
+    self.step_fn = steps.fast_step_fn(self.graphdef, self.mesh, self.attn)
+    self.clock.lap("prefill", logits, since_start=True)
+    return logits
+
+  def step(self, token: int) -> jax.Array:
+    logits, self.cache = self.step_fn(self.state, self.mem, self.mem_valid, self.mem_pos,
+                                      self.cache, jnp.int32(token), self.pos)
+    self.pos = self.pos + 1
+    self.clock.lap("steps", logits)
+    return logits

@@ -1,13 +1,10 @@
-"""Plain incremental decoding with a KV cache (the `plain` mode of launch.generate).
-
-Every mode returns a `Generation`: the generated tokens and, per generated
-token, the float32 logits that chose it (row 0 predicts the token right after
-the prompt).
-"""
+"""The decoder interface, the plain decoder (KV cache; SelfExtend through attn) and the one
+sampling loop, whose `Generation` holds the chosen tokens and, per token, the float32
+logits that chose it (row 0 predicts the token right after the prompt)."""
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +12,7 @@ import numpy as np
 
 from flax import nnx
 
+from focus_jax.focus.plan import left_pad
 from focus_jax.model import AttnOptions, init_cache
 from focus_jax.sampling import Sampler
 
@@ -22,6 +20,11 @@ from focus_jax.sampling import Sampler
 class Generation(NamedTuple):
   tokens: np.ndarray   # [steps] int32
   logits: np.ndarray   # [steps, vocab] float32
+
+
+class Decoder(Protocol):
+  def prefill(self) -> jax.Array: ...          # logits [V] after the prompt
+  def step(self, token: int) -> jax.Array: ...  # appends `token`: the logits [V] after it
 
 
 def bucket(n: int, multiple: int = 256) -> int:
@@ -70,14 +73,13 @@ class NonFiniteLogits(ValueError):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "attn", "cache_size"))
-def prefill(graphdef, state, tokens, *, cache_size: int, attn: AttnOptions = AttnOptions()):
-  """Runs a prompt [B,T] (left padding marked by token id -1) into a fresh cache."""
+def prefill(graphdef, state, tokens, valid, *, cache_size: int,
+            attn: AttnOptions = AttnOptions()):
+  """Runs left-padded prompts (tokens, valid [B,T]) into a fresh cache."""
   model = nnx.merge(graphdef, state)
-  valid = tokens >= 0
   positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
   cache = init_cache(model.config, tokens.shape[0], cache_size)
-  out = model(jnp.maximum(tokens, 0), positions, valid=valid, cache=cache, attn=attn,
-              logits="last")
+  out = model(tokens, positions, valid=valid, cache=cache, attn=attn, logits="last")
   return out.logits[:, -1], out.cache, positions[:, -1]
 
 
@@ -89,41 +91,49 @@ def decode_step(graphdef, state, cache, token, position, *, attn: AttnOptions = 
   return out.logits[:, -1], out.cache
 
 
-def generate_plain(model, prompt: Sequence[int], max_new_tokens: int,
-                   sampler: Sampler = Sampler(), *, attn: AttnOptions = AttnOptions(),
-                   stop_at_eos: bool = True, eos_ids=None) -> Generation:
-  """Generates up to max_new_tokens after `prompt` (ids used exactly as given).
+class PlainDecoder:
+  """The model with a KV cache over `prompt` (ids used exactly as given) and up to
+  `max_new` more tokens; attn.selfextend = (G, W) for SelfExtend.
 
-  attn: attention options (SelfExtend: attn.selfextend = (G, W)).
+  The prompt is left-padded to a bucket (prompts of similar length share one
+  compilation); the cache holds the bucket plus max_new positions.
   """
-  cfg = model.config
-  prompt = np.asarray(prompt, np.int32)
-  if prompt.ndim != 1 or prompt.size == 0:
-    raise ValueError(f"prompt must be a non-empty 1-D id sequence, got shape {prompt.shape}")
-  if prompt.min() < 0 or prompt.max() >= cfg.vocab_size:
-    raise ValueError(f"prompt ids must lie in [0, {cfg.vocab_size})")
-  if max_new_tokens < 1:
-    raise ValueError("max_new_tokens must be >= 1")
-  eos = set(cfg.eos_token_ids if eos_ids is None else eos_ids)
-  check_cache_fits(cfg, bucket(bucket(prompt.size) + max_new_tokens),
-                   f"{prompt.size} prompt + {max_new_tokens} new tokens",
-                   prefill_tokens=bucket(prompt.size))
-  graphdef, state = nnx.split(model)
-  # Left-pad the prompt to a bucket so prompts of similar length share one compilation.
-  t = bucket(prompt.size)
-  padded = np.full((1, t), -1, np.int32)
-  padded[0, t - prompt.size:] = prompt
-  logits, cache, pos = prefill(graphdef, state, jnp.asarray(padded),
-                               cache_size=bucket(t + max_new_tokens), attn=attn)
+
+  def __init__(self, model, prompt: np.ndarray, max_new: int, attn: AttnOptions = AttnOptions()):
+    cfg, prompt = model.config, np.asarray(prompt, np.int32)
+    if prompt.min() < 0 or prompt.max() >= cfg.vocab_size:
+      raise ValueError(f"prompt ids must lie in [0, {cfg.vocab_size})")
+    t = bucket(prompt.size)
+    check_cache_fits(cfg, bucket(t + max_new), f"{prompt.size} prompt + {max_new} new tokens",
+                     prefill_tokens=t)
+    self.graphdef, self.state = nnx.split(model)
+    self.tokens, self.valid = left_pad([prompt], 1, t)
+    self.cache_size, self.attn = bucket(t + max_new), attn
+
+  def prefill(self) -> jax.Array:
+    logits, self.cache, self.pos = prefill(self.graphdef, self.state, jnp.asarray(self.tokens),
+                                           jnp.asarray(self.valid), cache_size=self.cache_size,
+                                           attn=self.attn)
+    return logits[0]
+
+  def step(self, token: int) -> jax.Array:
+    self.pos = self.pos + 1
+    logits, self.cache = decode_step(self.graphdef, self.state, self.cache,
+                                     jnp.asarray([token], jnp.int32), self.pos, attn=self.attn)
+    return logits[0]
+
+
+def sample(decoder: Decoder, max_new_tokens: int, sampler: Sampler, stop=()) -> Generation:
+  """Up to max_new_tokens tokens picked by `sampler` from the decoder's logits; ends
+  after a token in `stop` (the EOS ids, or none)."""
+  logits = decoder.prefill()
   tokens, rows = [], []
   for step in range(max_new_tokens):
-    row = finite_row(logits[0], step)
+    row = finite_row(logits, step)
     tok = sampler.pick(row, step)
     tokens.append(tok)
     rows.append(row)
-    if (stop_at_eos and tok in eos) or step == max_new_tokens - 1:
+    if tok in stop or step == max_new_tokens - 1:
       break
-    pos = pos + 1
-    logits, cache = decode_step(graphdef, state, cache, jnp.asarray([tok], jnp.int32), pos,
-                                attn=attn)
+    logits = decoder.step(tok)
   return Generation(np.asarray(tokens, np.int32), np.stack(rows))
