@@ -50,7 +50,7 @@ def main(_):
   import numpy as np
   from focus_jax import trained
   from focus_jax.checkpoint.hf import load_hf, read_focus_config
-  from focus_jax.data import hf_tokenizer
+  from focus_jax.text import hf_tokenizer
   from focus_jax.eval.perplexity import default_paths, window_ids
   from focus_jax.focus.exact_batch import exact_logits
   from focus_jax.generation.modes import Forced, ModeSetup, generate, log_softmax_at

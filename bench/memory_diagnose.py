@@ -112,22 +112,20 @@ def main(argv):
   from flax import nnx
   from focus_jax.focus.core import row_positions
   from focus_jax.focus.losses import candidate_memory, local_losses, split_model
+  import dataclasses
   from focus_jax.train import setup
   from focus_jax.train.evaluate import EVAL_SEED_OFFSET
+  from focus_jax.train.run_config import TrainConfig
 
-  config = FLAGS.config
-  with config.unlocked():
-    config.target_tokens = 1
-  model = setup.load_model(config)
-  cfg = model.cfg
-  graphdef, cand, frozen = split_model(model.module)
+  config = dataclasses.replace(TrainConfig.from_config(FLAGS.config), target_tokens=1)
+  model, extras = setup.load_model(config)
+  cfg = model.config
+  graphdef, cand, frozen = split_model(model)
   cand, step = load_candidates(config, cand, FLAGS.workdir, FLAGS.step)
   full_graphdef, params = nnx.split(nnx.merge(graphdef, cand, frozen))
   spec = setup.sample_spec(config, cfg, 1)
-  ev = config.copy_and_resolve_references()
-  with ev.unlocked():
-    ev.data = config.get("eval_data") or config.data
-  source = setup.make_source(ev, model, FLAGS.cache)
+  ev = dataclasses.replace(config, data=config.eval_data or config.data)
+  source = setup.make_source(ev, model, extras, FLAGS.cache)
   seed = config.seed + EVAL_SEED_OFFSET
   order = np.random.default_rng([seed, 5]).permutation(len(source))
   layers = [int(x) for x in FLAGS.layers.split(",") if x]

@@ -26,8 +26,8 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--lengths", default="4096,32768,131072")
   args = ap.parse_args()
-  from focus_jax.checkpoint.tokenizer import load_tokenizer
-  tok = load_tokenizer(assets.smollm2_hf_dir())
+  from focus_jax.text import load_hf_tokenizer
+  tok = load_hf_tokenizer(assets.smollm2_hf_dir())
   count = lambda t: len(tok(t)["input_ids"])
   hay = assets.shakespeare_text()
   out = {}

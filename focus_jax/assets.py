@@ -180,12 +180,12 @@ def smollm2_hf_dir() -> Path:
 
 def _build_hf_copy(gguf: Path, out: Path) -> None:
   import torch
-  from transformers import AutoModelForCausalLM, AutoTokenizer
+  from transformers import AutoModelForCausalLM
+  from focus_jax.text import load_hf_tokenizer
   model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                dtype=torch.float32, local_files_only=True,
                                                trust_remote_code=False).eval()
-  tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                      local_files_only=True, trust_remote_code=False)
+  tok = load_hf_tokenizer(gguf)
   ids = tok(SANITY_PROMPT, return_tensors="pt")
   with torch.no_grad():
     gen = model.generate(**ids, max_new_tokens=3, do_sample=False)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 _ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 # Parameters beyond this many bytes (1 PiB) cannot be any real model: a config that
@@ -49,9 +49,9 @@ def as_positive_float(value, name: str) -> float:
 
 
 def dtype_of(name: str):
-  if name not in _DTYPES:
-    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
-  return _DTYPES[name]
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,7 +62,7 @@ def validate_flags():
 def demo():
   validate_flags()
   from focus_jax.checkpoint.orbax import load_checkpoint
-  from focus_jax.checkpoint.tokenizer import load_tokenizer
+  from focus_jax.text import load_hf_tokenizer
   from focus_jax.eval.passkey import answer_token_count, is_correct, make_passkey_prompt
   from focus_jax.generation.modes import ModeSetup, generate
   model, extras = load_checkpoint(FLAGS.checkpoint)
@@ -72,7 +72,7 @@ def demo():
   if extras["tokenizer_dir"] is None:
     raise ValueError(f"{FLAGS.checkpoint} has no tokenizer (its tokenizer/ folder is missing "
                      "or empty); convert the model from a folder or GGUF that has one")
-  tok = load_tokenizer(extras["tokenizer_dir"])
+  tok = load_hf_tokenizer(extras["tokenizer_dir"])
   if FLAGS.task == "passkey":
     ids, answer = make_passkey_prompt(tok, FLAGS.length, depth=FLAGS.depth, seed=FLAGS.seed)
     n = answer_token_count(tok, answer)

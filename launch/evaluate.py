@@ -165,9 +165,10 @@ def _passkey(setup, tok, out):
 
 def _perplexity(setup, tok, out):
   from focus_jax.eval import perplexity as PP
+  from focus_jax.text import read_documents
   from focus_jax.eval.driver import run_cases
   from focus_jax.eval.plots import perplexity_plot
-  docs = PP.read_documents(PP.data_paths(FLAGS.data), FLAGS.jsonl_field)
+  docs = read_documents(PP.data_paths(FLAGS.data), FLAGS.jsonl_field)
   ids = [tok(text, add_special_tokens=False)["input_ids"] for _, text in docs]
   names = [n for n, _ in docs]
   cases = PP.make_cases(ids, names, _ints(FLAGS.lengths, "lengths"), FLAGS.stride,
@@ -303,7 +304,7 @@ def check_lengths_fit(setup):
 
 def evaluate():
   from focus_jax.checkpoint.orbax import load_checkpoint
-  from focus_jax.eval import tok as T
+  from focus_jax.text import load_tokenizer
   from focus_jax.eval.results import check_out, check_run, checkpoint_identity, write_json
   for name in ("checkpoint", "task", "out"):
     if not getattr(FLAGS, name):
@@ -319,7 +320,7 @@ def evaluate():
   t0 = time.time()
   model, extras = load_checkpoint(FLAGS.checkpoint)
   model.set_config(model.config.replace(compute_dtype=FLAGS.dtype))
-  tok = T.load(FLAGS.tokenizer, extras.get("tokenizer_dir"))
+  tok = load_tokenizer(FLAGS.tokenizer, extras.get("tokenizer_dir"))
   setup = modes.mode_setup(model, progress=False, saved_focus=extras.get("focus_config"))
   check_lengths_fit(setup)
   out = Path(FLAGS.out)

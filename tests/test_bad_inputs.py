@@ -357,13 +357,13 @@ def test_clip_norm_zero_is_off_and_negative_is_refused():
 # ------------------------------------------------ data and tokenizers
 
 def test_jsonl_text_that_is_not_a_string_names_the_line(tmp_path):
-  from focus_jax.data.sources import read_documents
+  from focus_jax.text import read_documents
   f = tmp_path / "d.jsonl"
   f.write_text('{"text": "a"}\n\n{"text": ["b", "c"]}\n')
   with pytest.raises(ValueError, match=re.escape(f"{f}:3: field 'text' must be a string, "
                                                  "got list")):
     list(read_documents([str(f)]))
-  from focus_jax.eval.perplexity import read_documents as eval_docs
+  from focus_jax.text import read_documents as eval_docs
   with pytest.raises(ValueError, match="field 'text' must be a string, got list"):
     eval_docs([str(f)])
 
@@ -378,7 +378,7 @@ def _word_tokenizer(path):
 
 def test_tokenizers_load_locally_and_refuse_remote_code(tmp_path, monkeypatch):
   import transformers
-  from focus_jax.checkpoint.tokenizer import load_tokenizer
+  from focus_jax.text import load_hf_tokenizer as load_tokenizer
   tok_dir = tmp_path / "tok"
   _word_tokenizer(tok_dir)
   seen = []

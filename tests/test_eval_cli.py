@@ -14,7 +14,7 @@ import pytest
 from focus_jax.checkpoint.orbax import save_checkpoint
 from focus_jax.config import ModelConfig
 from focus_jax.eval import metrics
-from focus_jax.eval.tok import ByteTok
+from focus_jax.text import ByteTokenizer as ByteTok
 from flax import nnx
 
 from focus_jax.model import LlamaForCausalLM

@@ -7,7 +7,7 @@ from focus_jax.eval import infinitebench as IB
 from focus_jax.eval import longbench as LB
 from focus_jax.eval.driver import run_cases
 from focus_jax.eval.results import DataError, read_jsonl, read_results
-from focus_jax.eval.tok import ByteTok
+from focus_jax.text import ByteTokenizer as ByteTok
 
 
 def _write(path, rows):

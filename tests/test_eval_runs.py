@@ -14,7 +14,7 @@ from focus_jax.eval import passkey_grid as G
 from focus_jax.eval import perplexity as PP
 from focus_jax.eval.driver import run_cases
 from focus_jax.generation.modes import ModeSetup
-from focus_jax.eval.tok import ByteTok
+from focus_jax.text import ByteTokenizer as ByteTok
 from focus_jax.model import AttnOptions, LlamaForCausalLM
 
 CFG = ModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2,

@@ -11,7 +11,7 @@ import pytest
 from focus_jax.eval import infinitebench as IB
 from focus_jax.eval import infinitebench_synth as S
 from focus_jax.eval import metrics
-from focus_jax.eval.tok import ByteTok
+from focus_jax.text import ByteTokenizer as ByteTok
 
 TOK = ByteTok()
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"

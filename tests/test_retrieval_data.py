@@ -11,27 +11,27 @@ import re
 import numpy as np
 import pytest
 
-from focus_jax.data import ByteTokenizer
 from focus_jax.data.retrieval import FactInserter
 from focus_jax.data.samples import CONTINUATION, REPETITION, SampleSpec, make_tasks
+from focus_jax.text import ByteTokenizer
 
 TOK = ByteTokenizer()
-FACTS = FactInserter(lambda s: [i for i in TOK(s) if i != TOK.bos_id])
+FACTS = FactInserter(lambda s: TOK.encode(s, add_special_tokens=False))
 PROSE = ("Now is the winter of our discontent made glorious summer by this sun of York; "
          "and all the clouds that lour'd upon our house in the deep bosom of the ocean buried. ")
 
 
 def _spec(frac, span_min=30):
   return SampleSpec(local_window=128, chunk_sizes=(64,), fragment_max=32, span_min=span_min,
-                    max_len=768, bos_id=TOK.bos_id, retrieval_frac=frac)
+                    max_len=768, bos_id=TOK.bos_token_id, retrieval_frac=frac)
 
 
 def _window(n=700):
-  return np.asarray(TOK(PROSE * 10)[1:n + 1], np.int32)
+  return np.asarray(TOK.encode(PROSE * 10)[1:n + 1], np.int32)
 
 
 def _text(ids):
-  return TOK.decode([i for i in np.asarray(ids).tolist() if i != TOK.bos_id])
+  return TOK.decode([i for i in np.asarray(ids).tolist() if i != TOK.bos_token_id])
 
 
 def test_fact_documents_put_the_answer_only_in_the_memory():

@@ -163,7 +163,7 @@ def test_ruler_cli_end_to_end(tmp_path):
   from flax import nnx
   from focus_jax.checkpoint.orbax import save_checkpoint
   from focus_jax.config import ModelConfig
-  from focus_jax.eval.tok import ByteTok
+  from focus_jax.text import ByteTokenizer as ByteTok
   from focus_jax.model import LlamaForCausalLM
   cfg = ModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2,
                     num_heads=4, num_kv_heads=2, head_dim=8, bos_token_id=1, eos_token_ids=(2,))

@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from focus_jax.data import (CONTINUATION, REPETITION, BatchSpec, ByteTokenizer, SampleSpec,
+from focus_jax.data import (CONTINUATION, REPETITION, BatchSpec, SampleSpec,
                             TokenWindows, make_tasks, pad_tasks, step_dataset, step_iterator,
                             synthetic_documents)
 from focus_jax.data.samples import build_task, draw_task
+from focus_jax.text import ByteTokenizer
 
 BOS = 1
 SPEC = SampleSpec(local_window=40, chunk_sizes=(8, 16), fragment_max=12, span_min=6,
@@ -86,8 +87,9 @@ def test_sources_text_dirs_jsonl_and_length_filter(tmp_path):
   (tmp_path / "d" / "b.txt").write_text("y" * 10)        # too short: dropped
   with open(tmp_path / "c.jsonl", "w") as f:
     f.write(json.dumps({"body": "z" * 45}) + "\n" + json.dumps({"body": "w" * 5}) + "\n")
-  tok = ByteTokenizer(add_bos=False)
-  src = TokenWindows.from_paths([str(tmp_path / "d"), str(tmp_path / "c.jsonl")], tok,
+  tok = ByteTokenizer()
+  enc = lambda s: tok.encode(s, add_special_tokens=False)
+  src = TokenWindows.from_paths([str(tmp_path / "d"), str(tmp_path / "c.jsonl")], enc,
                                 min_len=20, max_len=30, jsonl_field="body",
                                 cache_dir=str(tmp_path / "cache"), tokenizer_name="byte")
   # a.txt -> windows 30 + 20; c.jsonl line 1 -> 30 (the 15 left over is dropped)
@@ -98,7 +100,7 @@ def test_sources_text_dirs_jsonl_and_length_filter(tmp_path):
                                   cache_dir=str(tmp_path / "cache"), tokenizer_name="byte")
   assert [src[i].tolist() for i in range(3)] == [again[i].tolist() for i in range(3)]
   with pytest.raises(ValueError, match=r"c.jsonl:1 has no field .text."):
-    TokenWindows.from_paths([str(tmp_path / "c.jsonl")], tok, 20, 30)
+    TokenWindows.from_paths([str(tmp_path / "c.jsonl")], enc, 20, 30)
 
 
 def _source():

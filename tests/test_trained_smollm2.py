@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from focus_jax import trained
-from focus_jax.data import TokenWindows, hf_tokenizer
+from focus_jax.data import TokenWindows
+from focus_jax.text import hf_tokenizer
 from focus_jax.data.retrieval import FactInserter
 from focus_jax.data.samples import CONTINUATION, SampleSpec, make_tasks, pad_tasks
 from focus_jax.focus.losses import task_losses

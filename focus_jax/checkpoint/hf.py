@@ -17,7 +17,6 @@ import json
 import logging
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from focus_jax.checkpoint import layout
@@ -25,26 +24,17 @@ from focus_jax.checkpoint import official as official_layout
 from focus_jax.checkpoint.atomic import EXPORT, atomic_dir
 from focus_jax.checkpoint.layout import CheckpointError
 from focus_jax.checkpoint.safetensors_io import SafetensorsReader, write_safetensors
-from focus_jax.config import CANDIDATE_PROJS, FocusConfig, ModelConfig, RopeConfig
-from focus_jax.model.llama import candidate_attr
+from focus_jax.config import DTYPES, FocusConfig, ModelConfig, RopeConfig
 
 log = logging.getLogger(__name__)
 
 CANDIDATE_FILE = "focus_candidate.safetensors"
 LAYOUTS = ("focus_jax", "official")  # how an HF export holds the candidate projections
 FOCUS_CONFIG_FILE = "focus_config.json"
-NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-             "float16": np.dtype(np.float16)}
 # Keys of a source config.json that describe the source file, not the model.
 _DROP_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path", "auto_map",
               "_commit_hash", "torch_dtype", "dtype")
 _ROPE_KEYS = ("rope_parameters", "rope_scaling", "rope_theta")
-
-
-def np_dtype(name: str) -> np.dtype:
-  if name not in NP_DTYPES:
-    raise CheckpointError(f"unknown dtype {name!r}; expected one of {sorted(NP_DTYPES)}")
-  return NP_DTYPES[name]
 
 
 def load_hf(path, dtype: str = "float32") -> tuple:
@@ -72,7 +62,7 @@ def load_hf(path, dtype: str = "float32") -> tuple:
   with SafetensorsReader(files) as r:
     prefix, projs = _candidates(r, cfg, hf_cfg, path, cand_file)
     get = lambda t, i: r.get(t.hf(i, prefix), t.hf_shape())
-    model = layout.assemble(cfg, np_dtype(dtype), get, projs, log.info)
+    model = layout.assemble(cfg, cfg.pdtype, get, projs, log.info)
     _warn_unused(r.names, model, prefix)
   if projs:
     log.info("loaded candidate projections %s%s", list(projs),
@@ -87,16 +77,11 @@ def _candidates(r, cfg: ModelConfig, hf_cfg: dict, path: Path, cand_file: Path):
     if beacons:
       raise CheckpointError(f"{path} holds both {CANDIDATE_FILE} and official beacon tensors "
                             f"(e.g. {beacons[0]}); keep one of them")
-    return layout.CANDIDATE, _candidate_projs(r, cfg, cand_file)
+    projs = layout.candidate_projs_of(r.names)
+    if not projs:
+      raise CheckpointError(f"{cand_file} holds no candidate_{{q,k,v,o}}_proj tensors")
+    return layout.CANDIDATE, projs
   return official_layout.BEACON, official_layout.beacon_projs(r, cfg, hf_cfg, path)
-
-
-def _candidate_projs(r, cfg: ModelConfig, file: Path) -> tuple[str, ...]:
-  projs = tuple(p for p in CANDIDATE_PROJS
-                if f"model.layers.0.self_attn.{candidate_attr(p)}.weight" in r)
-  if not projs:
-    raise CheckpointError(f"{file} holds no candidate_{{q,k,v,o}}_proj tensors")
-  return projs
 
 
 def read_focus_config(path) -> FocusConfig | None:
@@ -129,7 +114,6 @@ def _read_config(path: Path) -> dict:
 
 
 def _model_config(hf_cfg: dict, dtype: str, src) -> ModelConfig:
-  np_dtype(dtype)
   try:
     return ModelConfig.from_hf(hf_cfg, param_dtype=dtype)
   except KeyError as e:
@@ -192,7 +176,7 @@ def _load_gguf(path: Path, dtype: str):
   hf_cfg = gguf.hf_config(reader)
   cfg = _model_config(hf_cfg, dtype, path)
   tensors = gguf.GGUFTensors(reader, cfg.num_heads, cfg.num_kv_heads)
-  model = layout.assemble(cfg, np_dtype(dtype), lambda t, i: tensors.get(t.gguf(i), t.hf_shape()),
+  model = layout.assemble(cfg, cfg.pdtype, lambda t, i: tensors.get(t.gguf(i), t.hf_shape()),
                           log=log.info)
   return model, hf_cfg
 
@@ -255,7 +239,7 @@ def export_hf(model, hf_config_dict: dict | None, out_dir, tokenizer_src_dir=Non
     cfg = cfg.replace(tie_word_embeddings=False)
   layout.validate(model)
   emb_dtype = np.asarray(model.model.embed_tokens.embedding[...]).dtype
-  dtype_name = {v: k for k, v in NP_DTYPES.items()}.get(emb_dtype)
+  dtype_name = {np.dtype(v): k for k, v in DTYPES.items()}.get(emb_dtype)
   if dtype_name is None:
     raise CheckpointError(f"cannot export params of dtype {emb_dtype}")
   projs = model.candidate_projs

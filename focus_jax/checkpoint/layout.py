@@ -10,6 +10,7 @@ HF files. GGUF names come from GGUF_NAMES. FocusLLM candidates are the
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable, Iterator
 
 import jax
@@ -176,10 +177,11 @@ def iter_hf_tensors(model, *, candidates: bool = False,
              t.hf_shape(), a.dtype)
 
 
-def candidate_projs_of(paths) -> tuple[str, ...]:
-  """The candidate projections present among state paths."""
-  return tuple(p for p in CANDIDATE_PROJS
-               if any(f"/{candidate_attr(p)}/" in f"/{path}/" for path in paths))
+def candidate_projs_of(names) -> tuple[str, ...]:
+  """The candidate projections (in CANDIDATE_PROJS order) among module paths or HF
+  tensor names: those with a `candidate_{p}_proj` part."""
+  parts = {part for n in names for part in re.split(r"[./]", n)}
+  return tuple(p for p in CANDIDATE_PROJS if candidate_attr(p) in parts)
 
 
 def validate(model) -> None:

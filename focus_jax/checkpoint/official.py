@@ -34,11 +34,6 @@ def beacon_names(names) -> list[str]:
   return sorted(n for n in names if n.startswith("model.layers.") and ".self_attn.beacon_" in n)
 
 
-def projs_of(t: layout.Tensor) -> str:
-  """q|k|v|o of a candidate tensor spec."""
-  return next(p for p in CANDIDATE_PROJS if f"/candidate_{p}_proj/" in t.path)
-
-
 def _config_projs(hf_cfg: dict, src) -> tuple[str, ...] | None:
   projs = hf_cfg.get("beacon_param")
   if projs is None:
@@ -76,7 +71,8 @@ def beacon_projs(reader, cfg: ModelConfig, hf_cfg: dict, src) -> tuple[str, ...]
       raise CheckpointError(f"tensor {n}: projection {p!r} is not in config.json's "
                             f"beacon_param {list(projs)}")
   specs = sorted((t for t in layout.tensors(cfg, projs) if t.candidate),  # weights first
-                 key=lambda t: (CANDIDATE_PROJS.index(projs_of(t)), not t.matrix))
+                 key=lambda t: (CANDIDATE_PROJS.index(*layout.candidate_projs_of([t.path])),
+                                not t.matrix))
   want = {t.hf(i, BEACON): t for i in range(cfg.num_layers) for t in specs}
   for n in found:
     if n not in want:  # a bias: every weight name of a listed projection and layer is wanted

@@ -1,68 +1,23 @@
-"""Documents -> token windows: text files, directories, jsonl, or synthetic.
+"""Documents -> token windows: text files, directories, jsonl (focus_jax.text), or synthetic.
 
-`read_documents` yields document strings from local paths (a .txt-like file is
-one document, a directory contributes its files recursively in sorted order, a
-.jsonl file one document per line from `jsonl_field`). `TokenWindows`
-tokenises them once (a callable str -> list[int]), keeps one flat int32 array
-plus a table of windows: every document is cut into consecutive windows of
-`max_len` tokens and windows shorter than `min_len` are dropped. The arrays
-can be cached on disk (`cache_dir`), keyed by the inputs and the tokenizer
-name, and are memory-mapped on reuse. It is a grain RandomAccessDataSource
-(`len`, `__getitem__`).
+`TokenWindows` tokenises the documents of focus_jax.text.read_documents once
+(a callable str -> list[int]), keeps one flat int32 array plus a table of
+windows: every document is cut into consecutive windows of `max_len` tokens
+and windows shorter than `min_len` are dropped. The arrays can be cached on
+disk (`cache_dir`), keyed by the inputs and the tokenizer name, and are
+memory-mapped on reuse. It is a grain RandomAccessDataSource (`len`,
+`__getitem__`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-TEXT_SUFFIXES = (".txt", ".text", ".md")
-
-
-def _files(path: str) -> list[str]:
-  if os.path.isdir(path):
-    out = []
-    for root, dirs, names in os.walk(path):
-      dirs.sort()
-      out += [os.path.join(root, n) for n in sorted(names)
-              if n.endswith(TEXT_SUFFIXES + (".jsonl",))]
-    return out
-  if os.path.isfile(path):
-    return [path]
-  raise FileNotFoundError(f"data path {path!r} is neither a file nor a directory")
-
-
-def read_documents(paths: Sequence[str], jsonl_field: str = "text") -> Iterator[str]:
-  """Yields document texts from files, directories and jsonl files, in a fixed order."""
-  for path in paths:
-    for f in _files(path):
-      if f.endswith(".jsonl"):
-        with open(f, "rb") as fh:
-          for ln, raw in enumerate(fh, 1):
-            try:
-              line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-              raise ValueError(f"{f}:{ln}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-              continue
-            try:
-              rec = json.loads(line)
-            except ValueError as e:
-              raise ValueError(f"{f}:{ln}: not valid JSON ({e})") from None
-            if not isinstance(rec, dict):
-              raise ValueError(f"{f}:{ln}: expected a JSON object, got {type(rec).__name__}")
-            if jsonl_field not in rec:
-              raise ValueError(f"{f}:{ln} has no field {jsonl_field!r} (fields: {sorted(rec)})")
-            if not isinstance(rec[jsonl_field], str):
-              raise ValueError(f"{f}:{ln}: field {jsonl_field!r} must be a string, got "
-                               f"{type(rec[jsonl_field]).__name__}")
-            yield rec[jsonl_field]
-      else:
-        with open(f, encoding="utf-8", errors="replace") as fh:
-          yield fh.read()
+from focus_jax.text import document_files, read_documents
 
 
 def synthetic_documents(n_docs: int, length: int, vocab: int, seed: int = 0,
@@ -155,9 +110,9 @@ class TokenWindows:
       if os.path.exists(tok_f) and os.path.exists(len_f):
         tokens = np.load(tok_f, mmap_mode="r")
         return cls(tokens, window_table(np.load(len_f).tolist(), min_len, max_len))
-    docs = [np.asarray(tokenizer(t), np.int32) for t in read_documents(paths, jsonl_field)]
+    docs = [np.asarray(tokenizer(t), np.int32) for _, t in read_documents(paths, jsonl_field)]
     lens = np.asarray([len(d) for d in docs], np.int64)
-    tokens = np.concatenate(docs) if docs else np.zeros((0,), np.int32)
+    tokens = np.concatenate(docs)  # read_documents refuses an empty set
     if cache_dir:
       os.makedirs(cache_dir, exist_ok=True)
       for f, arr in ((tok_f, tokens), (len_f, lens)):
@@ -170,32 +125,7 @@ class TokenWindows:
 def _cache_key(paths, jsonl_field, tokenizer_name) -> str:
   h = hashlib.sha256(json.dumps([jsonl_field, tokenizer_name]).encode())
   for path in paths:
-    for f in _files(path):
+    for f in document_files(path):
       st = os.stat(f)
       h.update(f"{os.path.abspath(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
   return h.hexdigest()[:16]
-
-
-class ByteTokenizer:
-  """UTF-8 bytes shifted by 3 (0 pad, 1 BOS, 2 EOS): vocab 259, for tests and tiny runs."""
-  vocab_size, bos_id, eos_id = 259, 1, 2
-
-  def __init__(self, add_bos: bool = True):
-    self.add_bos = add_bos
-
-  def __call__(self, text: str) -> list[int]:
-    ids = [b + 3 for b in text.encode("utf-8")]
-    return [self.bos_id] + ids if self.add_bos else ids
-
-  def decode(self, ids) -> str:
-    return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
-
-
-def hf_tokenizer(tokenizer_dir: str, add_special_tokens: bool = True):
-  """A str -> ids callable from an HF tokenizer directory, and its name for caching."""
-  from focus_jax.checkpoint.tokenizer import load_tokenizer
-  tok = load_tokenizer(tokenizer_dir)
-
-  def encode(text: str) -> list[int]:
-    return tok(text, add_special_tokens=add_special_tokens)["input_ids"]
-  return encode, f"{type(tok).__name__}:{tok.name_or_path}:{len(tok)}:{add_special_tokens}"

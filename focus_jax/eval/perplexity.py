@@ -24,37 +24,6 @@ window is FocusLLM without its memory.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
-from focus_jax.eval.results import DataError, read_jsonl
-
-TEXT_SUFFIXES = (".txt", ".text", ".md")
-
-
-def read_documents(paths, jsonl_field: str = "text") -> list[tuple[str, str]]:
-  """(name, text) of every document in files, folders (sorted) and jsonl files."""
-  files = []
-  for p in paths:
-    p = Path(p)
-    if p.is_dir():
-      files += sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES + (".jsonl",))
-    elif p.is_file():
-      files.append(p)
-    else:
-      raise DataError(f"{p}: no such file or folder")
-  docs = []
-  for f in files:
-    if f.suffix == ".jsonl":
-      for n, row in enumerate(read_jsonl(f, required=(jsonl_field,)), 1):
-        if not isinstance(row[jsonl_field], str):
-          raise DataError(f"{f}: document {n}: field {jsonl_field!r} must be a string, got "
-                          f"{type(row[jsonl_field]).__name__}")
-        docs.append((f"{f.name}#{n}", row[jsonl_field]))
-    else:
-      docs.append((f.name, f.read_text(encoding="utf-8", errors="replace")))
-  if not docs:
-    raise DataError(f"no documents in {', '.join(map(str, paths))}")
-  return docs
 
 
 def windows(doc_lengths: list[int], length: int, stride: int, max_windows: int) -> list[tuple]:

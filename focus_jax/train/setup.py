@@ -14,8 +14,8 @@ import os
 import jax
 
 from focus_jax.config import FocusConfig, ModelConfig
-from focus_jax.data import (BatchSpec, ByteTokenizer, SampleSpec, TokenWindows, hf_tokenizer,
-                            synthetic_documents)
+from focus_jax.data import BatchSpec, SampleSpec, TokenWindows, synthetic_documents
+from focus_jax.text import ByteTokenizer, hf_tokenizer
 from flax import nnx
 
 from focus_jax.model import LlamaForCausalLM, add_candidates
