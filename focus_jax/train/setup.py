@@ -39,7 +39,7 @@ def load_model(config) -> Model:
   if config.model == "tiny":
     t = dict(config.tiny)
     std = t.pop("init_std", 0.02)
-    cfg = ModelConfig(**t, bos_token_id=ByteTokenizer.bos_id, eos_token_ids=(ByteTokenizer.eos_id,))
+    cfg = ModelConfig(**t, bos_token_id=ByteTokenizer.bos_token_id, eos_token_ids=(ByteTokenizer.eos_token_id,))
     module = add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(config.seed), std=std), projs)
     model = Model(cfg, module)
   else:
