@@ -56,34 +56,35 @@ def main(argv):
   from focus_jax import parallel
   from focus_jax.data import step_iterator
   from focus_jax.focus.losses import split_model, task_losses
+  import dataclasses
   from focus_jax.train import setup
   from focus_jax.train.optim import make_optimizer, make_schedule
+  from focus_jax.train.run_config import TrainConfig
   from focus_jax.train.step import init_state, make_train_step, place_batch
 
-  config = FLAGS.config
+  config = TrainConfig.from_config(FLAGS.config)
   mesh = parallel.make_mesh(config.mesh)
-  model = setup.load_model(config)
-  cfg = model.cfg
+  model, extras = setup.load_model(config)
+  cfg = model.config
   spec = setup.sample_spec(config, cfg, parallel.axis_size(mesh, "chunk"))
   bspec = setup.batch_spec(config, parallel.axis_size(mesh, "data"))
-  source = setup.make_source(config, model, FLAGS.workdir)
+  source = setup.make_source(config, model, extras, FLAGS.workdir)
   local = next(step_iterator(source, spec, bspec, config.seed))
   batch = place_batch(mesh, local)
   tokens = int(local["chunk_valid"].sum() + local["local_valid"].sum())
   padded = int(local["chunk_valid"].size + local["local_valid"].size)
   schedule = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay)
   tx = make_optimizer(schedule, clip_norm=config.clip_norm)
-  graphdef, cand, frozen = split_model(model.module)
+  graphdef, cand, frozen = split_model(model)
   frozen = parallel.replicate(frozen, mesh)
-  tasks = bspec.samples_per_step * spec.tasks_per_sample
   out = {"config": config_flags.get_config_filename(FLAGS["config"]),
          "chunk_shape": list(local["chunk_tokens"].shape), "local_shape":
          list(local["local_tokens"].shape), "tokens": tokens, "padded_tokens": padded,
          "devices": jax.device_count(), "dtype": cfg.compute_dtype}
 
   for name, sg in (("step", True), ("full", False)):
-    fn = make_train_step(graphdef, mesh, tx, schedule, tasks_per_step=tasks,
-                         stop_gradient_prefix=sg)
+    fn = make_train_step(graphdef, mesh, tx, schedule,
+                         dataclasses.replace(config, stop_gradient_prefix=sg))
     state = [parallel.replicate(init_state(cand, tx), mesh)]
 
     def run():

@@ -156,6 +156,10 @@ def _is_var(x):
   return isinstance(x, nnx.Variable)
 
 
+def _is_spec(x):
+  return isinstance(x, P)
+
+
 def state_specs(state, mesh: Mesh):
   """PartitionSpecs of an nnx State (a P in place of each Variable): a shard_map prefix."""
   def one(v):
@@ -164,16 +168,10 @@ def state_specs(state, mesh: Mesh):
   return jax.tree.map(one, state, is_leaf=_is_var)
 
 
-def state_shardings(state, mesh: Mesh):
-  """NamedShardings of an nnx State, per `state_specs`."""
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state, mesh),
-                      is_leaf=lambda x: isinstance(x, P))
-
-
 def leaf_shardings(state, mesh: Mesh):
-  """state_shardings expanded to the State's own structure (a sharding per array leaf)."""
-  return jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(
-      state_shardings(state, mesh), is_leaf=lambda x: isinstance(x, NamedSharding)))
+  """A NamedSharding per array of an nnx State (its own structure), per `state_specs`."""
+  return map_specs(lambda s, v: jax.tree.map(lambda _: NamedSharding(mesh, s), v),
+                   state_specs(state, mesh), state)
 
 
 def abstract_state(state, mesh: Mesh):
@@ -184,8 +182,7 @@ def abstract_state(state, mesh: Mesh):
 
 def shard_state(state, mesh: Mesh):
   """Places an nnx State on `mesh` per the logical rules (FSDP over "fsdp")."""
-  return jax.tree.map(lambda v, sh: jax.device_put(v, sh), state,
-                      state_shardings(state, mesh), is_leaf=_is_var)
+  return jax.device_put(state, leaf_shardings(state, mesh))
 
 
 def gather_axes(spec: P, axis: str, skip: int = 0) -> int | None:
@@ -196,60 +193,45 @@ def gather_axes(spec: P, axis: str, skip: int = 0) -> int | None:
   return None
 
 
-LAYERS_KEY = "['model']['layers']"
+def map_specs(fn, specs, tree):
+  """fn(spec, part) for each PartitionSpec of `specs` and the part of `tree` it covers
+  (specs: a prefix of `tree`, one P for all of it or a P per Variable as state_specs gives)."""
+  return jax.tree.map(fn, specs, tree, is_leaf=_is_spec)
 
 
-def spec_table(state, specs) -> dict:
-  """{key path of each leaf of `state`: its PartitionSpec} (specs: one P for all, or
-  a tree with a P in place of each Variable, as parallel.state_specs gives)."""
-  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-  if isinstance(specs, P):
-    return dict.fromkeys(paths, specs)
-  return dict(zip(paths, jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
-
-
-def fsdp_gather(tree, table: dict, prefix: str = "", skip: int = 0, only=None):
-  """all_gather over "fsdp" of the leaves of `tree` that their spec splits over it.
-
-  table: spec_table of the whole state; prefix: the key path of `tree` in it;
-  skip: leading dims the spec has and the leaves lack (the scanned layer axis);
-  only: a predicate on the full key path choosing the leaves to gather.
-  """
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  out = []
-  for path, x in flat:
-    key = prefix + jax.tree_util.keystr(path)
-    d = gather_axes(table[key], "fsdp", skip)
-    if d is None or (only is not None and not only(key)):
-      out.append(x)
-    else:
-      out.append(jax.lax.all_gather(x, "fsdp", axis=d, tiled=True))
-  return jax.tree.unflatten(treedef, out)
+def fsdp_gather(state, specs, layer: bool = False):
+  """all_gather over "fsdp" of the Variables of `state` that `specs` split over it: all but
+  the stacked layers' (leading logical axis "layers"), or with `layer` one layer's slice
+  of those inside the layer scan (the specs' leading axis gone)."""
+  def one(spec, var):
+    stacked = (var.get_metadata().get("out_sharding") or ())[:1] == ("layers",)
+    d = gather_axes(spec, "fsdp", skip=int(layer))
+    if d is None or stacked != layer:
+      return var
+    return jax.tree.map(lambda x: jax.lax.all_gather(x, "fsdp", axis=d, tiled=True), var)
+  return map_specs(one, specs, state)
 
 
 def merge_shards(graphdef, states, specs=None, remat: str = "none"):
   """(model, ScanOptions), inside shard_map, from this device's shards of its States.
 
   specs: the States' PartitionSpecs (state_specs), or None when replicated.
-  Top-level leaves split over "fsdp" are all-gathered here; each layer's inside
+  Top-level Variables split over "fsdp" are all-gathered here; each layer's inside
   the layer scan (the ScanOptions' gather, to pass to the model's calls), so one
   layer at a time is whole on a device. remat: the layer scan's rematerialisation policy.
   """
   from flax import nnx
   from focus_jax.model import ScanOptions
-  gather = None
-  if specs is not None:
-    table = {}
-    for st, sp in zip(states, specs):
-      table.update(spec_table(st, sp))
-    top_level = lambda key: not key.startswith(LAYERS_KEY)
-    states = [fsdp_gather(st, table, only=top_level) for st in states]
-    gather = lambda layer: fsdp_gather(layer, table, LAYERS_KEY, skip=1)
-  return nnx.merge(graphdef, *states), ScanOptions(gather=gather, remat=remat)
+  if specs is None:
+    return nnx.merge(graphdef, *states), ScanOptions(remat=remat)
+  layers = nnx.merge_state(*specs)["model"]["layers"]
+  states = [fsdp_gather(st, sp) for st, sp in zip(states, specs)]
+  return nnx.merge(graphdef, *states), ScanOptions(
+      gather=lambda layer: fsdp_gather(layer, layers, layer=True), remat=remat)
 
 
 def _check_specs(mesh: Mesh, specs, what: str):
-  for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)):
+  for s in jax.tree.leaves(specs, is_leaf=_is_spec):
     if not isinstance(s, P):
       raise TypeError(f"shard {what}: expected PartitionSpec leaves, got {type(s).__name__}")
     for d in s:
@@ -267,7 +249,7 @@ def manual_specs(specs):
         return kept or None
       return None if d in AUTO_AXES else d
     return P(*(keep(d) for d in s))
-  return jax.tree.map(drop, specs, is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(drop, specs, is_leaf=_is_spec)
 
 
 def shard(fn, mesh: Mesh, in_specs, out_specs, *, check_vma: bool = False):

@@ -30,6 +30,15 @@ class _HideBackendProbe(logging.Filter):
     return "Unable to initialize backend" not in record.getMessage()
 
 
+def start(name: str, argv: list[str]) -> None:
+  """A launcher's first step in main(argv): refuse positional arguments (absl hands them
+  over unparsed) with one line and exit status 1, then setup_logging()."""
+  if len(argv) > 1:
+    print(f"{name}: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(1)
+  setup_logging()
+
+
 def setup_logging() -> None:
   """focus_jax phases at INFO; detail loggers, Orbax, absl and JAX at WARNING unless
   --verbosity >= 1."""

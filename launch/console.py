@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import runpy
-import sys
 
 
 def config_dirs() -> list[str]:

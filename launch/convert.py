@@ -16,14 +16,13 @@ leaves nothing behind, and an existing DIR is kept unless --overwrite.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from absl import flags
 
 import numpy as np
 
-from launch.cli_errors import fail_cleanly, run_cli, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, start
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_model", None, "HF checkpoint folder or .gguf file.")
@@ -75,10 +74,7 @@ def convert(hf_model: str, out: str, overwrite: bool, dtype: str, allow_nonfinit
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"convert: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-    sys.exit(1)
-  setup_logging()
+  start("convert", argv)
   fail_cleanly("convert", convert, FLAGS.hf_model, FLAGS.out, FLAGS.overwrite, FLAGS.dtype,
                FLAGS.allow_nonfinite)
 

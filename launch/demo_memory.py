@@ -21,7 +21,7 @@ import sys
 
 from absl import flags
 
-from launch.cli_errors import fail_cleanly, run_cli, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, start
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint with trained candidates.")
@@ -101,10 +101,7 @@ def demo():
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"demo_memory: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-    sys.exit(1)
-  setup_logging()
+  start("demo_memory", argv)
   fail_cleanly("demo_memory", demo)
 
 

@@ -359,9 +359,8 @@ def evaluate():
 
 
 def main(argv):
-  del argv
-  from launch.cli_errors import fail_cleanly, setup_logging
-  setup_logging()
+  from launch.cli_errors import fail_cleanly, start
+  start("evaluate", argv)
   fail_cleanly("launch.evaluate", validate_flags)
   fail_cleanly("launch.evaluate", evaluate)
 

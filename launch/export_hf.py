@@ -13,12 +13,11 @@ never one that is DIR or holds it; a symbolic link HF_DIR is followed.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from absl import flags
 
-from launch.cli_errors import fail_cleanly, run_cli, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, start
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "focus_jax checkpoint folder (launch.convert output).")
@@ -52,10 +51,7 @@ def export(checkpoint: str, out: str, overwrite: bool, layout: str = "focus_jax"
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"export_hf: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-    sys.exit(1)
-  setup_logging()
+  start("export_hf", argv)
   fail_cleanly("export_hf", export, FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite, FLAGS.layout)
 
 

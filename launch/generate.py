@@ -30,7 +30,7 @@ from absl import flags
 import numpy as np
 
 from launch import modes
-from launch.cli_errors import fail_cleanly, run_cli, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, start
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("focus_jax.launch.generate")
@@ -196,10 +196,7 @@ def generate():
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"generate: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-    sys.exit(1)
-  setup_logging()
+  start("generate", argv)
   fail_cleanly("generate", generate)
 
 

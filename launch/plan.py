@@ -22,7 +22,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from launch.cli_errors import fail_cleanly, run_cli, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, start
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (ml_collections).")
@@ -36,68 +36,38 @@ flags.DEFINE_integer("chunk_batch", 1, "focus_prefill: chunk rows per device per
 flags.mark_flags_as_required(["config"])
 
 
-def model_config(config):
-  """The ModelConfig: the checkpoint's, config.model_shape, or config.tiny."""
-  from focus_jax.config import ModelConfig
-  if config.model == "tiny":
-    return ModelConfig(**{k: v for k, v in dict(config.tiny).items() if k != "init_std"},
-                       compute_dtype=config.dtype)
-  path = os.path.join(config.model, "model_config.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return ModelConfig.from_dict(json.load(f)).replace(compute_dtype=config.dtype)
-  shape = config.get("model_shape")
-  if not shape:
-    raise ValueError(f"{config.model} is not a checkpoint here and the config has no "
-                     "model_shape to plan with")
-  return ModelConfig(**dict(shape), compute_dtype=config.dtype)
-
-
-def abstract_split(cfg, projs):
-  from flax import nnx
-  from focus_jax.model import CandidateParam, LlamaForCausalLM, add_candidates
-  model = nnx.eval_shape(lambda: add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(0)), projs))
-  return nnx.split(model, CandidateParam, ...)
-
-
 def plan_train(config, mesh):
   """Compiled training step for the config's largest chunk size; returns it and its args."""
   import jax
   import jax.numpy as jnp
   from focus_jax import parallel
+  from focus_jax.focus.losses import split_model
   from focus_jax.train import setup
-  from focus_jax.train.optim import make_optimizer, make_schedule
-  from focus_jax.train.step import make_train_step, place_state
-  cfg = model_config(config)
+  from focus_jax.train.step import batch_specs, make_train_step, place_state
+  model, _ = setup.load_model(config, abstract=True)
+  cfg = model.config
   parallel.check_tensor(cfg, mesh)
-  graphdef, cand, frozen = abstract_split(cfg, tuple(config.candidate_projs))
-  sched = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay)
-  tx = make_optimizer(sched, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
+  graphdef, cand, frozen = split_model(model)
+  sched, tx = setup.schedule_and_optimizer(config)
   state, frozen, placement = place_state(cand, frozen, tx, mesh,
-                                         base_dtype=config.get("base_dtype") or None)
+                                         base_dtype=config.base_dtype or None)
   spec = setup.sample_spec(config, cfg, parallel.axis_size(mesh, "chunk"))
   setup.batch_spec(config, parallel.axis_size(mesh, "data") * parallel.axis_size(mesh, "fsdp"))
   s, b, t = _chunk_size(config), config.batch_size, spec.tasks_per_sample
   rows, row_len = spec.max_rows(s), spec.row_len(s)
-  shapes = dict(chunk_tokens=((config.accum, b, t, rows, row_len), jnp.int32),
-                chunk_valid=((config.accum, b, t, rows, row_len), bool),
-                local_tokens=((config.accum, b, t, spec.local_len), jnp.int32),
-                local_valid=((config.accum, b, t, spec.local_len), bool),
-                targets=((config.accum, b, t, config.target_tokens), jnp.int32),
-                n_memory=((config.accum, b, t), jnp.int32), kind=((config.accum, b, t), jnp.int32))
-  from focus_jax.train.step import batch_specs
-  abstract = {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
-  bspecs = batch_specs(mesh, abstract)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                   sharding=jax.sharding.NamedSharding(mesh, bspecs[k]))
-           for k, v in abstract.items()}
-  step = make_train_step(graphdef, mesh, tx, sched, tasks_per_step=config.accum * b * t,
-                         param_specs=placement.param_specs,
-                         state_shardings=placement.state_shardings,
-                         **setup.step_options(config))
+  dims = dict(chunk_tokens=(rows, row_len), chunk_valid=(rows, row_len), n_memory=(), kind=(),
+              local_tokens=(spec.local_len,), local_valid=(spec.local_len,),
+              targets=(config.target_tokens,))
+  abstract = {k: jax.ShapeDtypeStruct((config.accum, b, t) + d,
+                                      bool if k.endswith("_valid") else jnp.int32)
+              for k, d in dims.items()}
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=jax.sharding.NamedSharding(mesh, p))
+           for (k, v), p in zip(abstract.items(), batch_specs(mesh, abstract).values())}
+  step = make_train_step(graphdef, mesh, tx, sched, config, placement)
+  fused = f"fused (groups={config.fused_groups})" if config.fused_chunks else "unfused"
   desc = (f"train step: {cfg.num_layers} layers, hidden {cfg.hidden_size}, batch {b} x {t} "
           f"tasks, S={s} ({rows} rows of {row_len}), local {spec.local_len}, "
-          f"remat={config.get('remat') or 'none'}, {_fusion(config)}, base {config.get('base_dtype') or 'as loaded'}")
+          f"remat={config.remat}, chunks {fused}, base {config.base_dtype or 'as loaded'}")
   return [(desc, step.lower(state, frozen, batch).compile())]
 
 
@@ -109,21 +79,21 @@ def plan_focus_prefill(config, mesh):
   from focus_jax import parallel
   from focus_jax.config import FocusConfig
   from focus_jax.focus import steps
-  from focus_jax.focus.plan import round_up
-  from focus_jax.model import LlamaForCausalLM, add_candidates
-  cfg = model_config(config)
+  from focus_jax.focus.plan import round_up, row_count, row_len as chunk_row_len
+  from focus_jax.train import setup
+  from focus_jax.train.step import as_dtype
+  model, _ = setup.load_model(config, abstract=True)
+  cfg = model.config
   parallel.check_tensor(cfg, mesh)
-  if config.get("base_dtype"):
-    cfg = cfg.replace(param_dtype=config.base_dtype)
-  model = nnx.eval_shape(lambda: add_candidates(LlamaForCausalLM(cfg, nnx.Rngs(0))))
   graphdef, state = nnx.split(model)
-  state = parallel.abstract_state(state, mesh)
+  state = parallel.abstract_state(as_dtype(state, config.base_dtype or None), mesh)
   fc = FocusConfig(chunk_size=_chunk_size(config), local_window=config.local_window,
                    fragment_len=config.fragment_max)
   shards = parallel.axis_size(mesh, "chunk")
+  # The rows make_plan builds for this input: its bucketed row count and row length.
   n_chunks = -(-(FLAGS.tokens - fc.local_window) // fc.chunk_size)
-  n_rows = round_up(n_chunks, shards * FLAGS.chunk_batch)
-  row_len = fc.chunk_size + min(fc.fragment_len, fc.chunk_size, fc.local_window) + 1
+  n_rows = row_count(n_chunks, shards * FLAGS.chunk_batch)
+  row_len = chunk_row_len(fc.chunk_size, min(fc.fragment_len, fc.local_window))
   rows_sh = parallel.sharding(mesh, "chunk")
   sds = lambda shape, dt, sh: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
   cache_size = round_up(row_len - 1 + 16, 16)
@@ -148,20 +118,12 @@ def plan_focus_prefill(config, mesh):
           (f"local step: {local_len} tokens over {n_rows} memory entries", local)]
 
 
-def _fusion(config) -> str:
-  if not config.get("fused_chunks", False):
-    return "chunks unfused"
-  return f"chunks fused (groups={config.get('fused_groups', 0)})"
-
-
 def _chunk_size(config) -> int:
   return FLAGS.chunk_size if FLAGS.chunk_size is not None else max(config.chunk_sizes)
 
 
 def validate_flags(config, task: str) -> None:
   """Checks the flags and the config's numbers before JAX starts compiling."""
-  from focus_jax.train.run_config import check_values
-  check_values(config)
   for name in ("devices", "chunk_batch", "chunk_size"):
     v = getattr(FLAGS, name)
     if v is not None and v < 1:
@@ -189,7 +151,6 @@ def gib(n) -> str:
 
 
 def run(config, mesh_text: str, devices: int, task: str) -> dict:
-  validate_flags(config, task)
   import jax
   from focus_jax import parallel
   if jax.device_count() < devices:
@@ -212,15 +173,13 @@ def run(config, mesh_text: str, devices: int, task: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"plan: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-    sys.exit(1)
-  setup_logging()
+  start("plan", argv)
   path = config_flags.get_config_filename(FLAGS["config"])
   if not os.path.isfile(path):
     print(f"plan: error: --config={path}: no such file", file=sys.stderr)
     sys.exit(1)
-  config = FLAGS.config
+  from focus_jax.train.run_config import TrainConfig
+  config = fail_cleanly("plan", TrainConfig.from_config, FLAGS.config)
   mesh_text = FLAGS.mesh if FLAGS.mesh is not None else config.mesh
   fail_cleanly("plan", validate_flags, config, FLAGS.task)
   import jax

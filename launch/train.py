@@ -21,7 +21,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from launch.cli_errors import fail_cleanly, run_cli, setup_logging
+from launch.cli_errors import fail_cleanly, run_cli, start
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
@@ -79,10 +79,7 @@ def _config_arg(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"train: error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-    sys.exit(1)
-  setup_logging()
+  start("train", argv)
   check_config_file(config_flags.get_config_filename(FLAGS["config"]))
   from focus_jax.train.loop import NonFiniteLoss
   try:

@@ -53,8 +53,9 @@ def _shares():
   from focus_jax.focus.losses import split_model
   from focus_jax.train import setup
   from focus_jax.train.optim import make_optimizer, make_schedule
+  from focus_jax.train.run_config import TrainConfig
   from focus_jax.train.step import place_state
-  model = setup.load_model(tiny.get_config()).module
+  model, _ = setup.load_model(TrainConfig.from_config(tiny.get_config()))
   _, cand, frozen = split_model(model)
   tx = make_optimizer(make_schedule(1e-3, 10))
   out = {}

@@ -13,17 +13,18 @@ from focus_reference import perturb_candidates
 from focus_jax.data import TokenWindows, make_tasks, pad_tasks, synthetic_documents
 from focus_jax.focus.losses import candidate_memory, split_model, task_losses
 from focus_jax.train import setup
+from focus_jax.train.run_config import TrainConfig
 
 GROUPS = (0, 1, 2)   # keep every layer's prefix K/V; one checkpointed group; one per layer
 
 
 @pytest.fixture(scope="module")
 def case():
-  config = tiny.get_config()
-  model = setup.load_model(config)
-  cfg = model.cfg
+  config = TrainConfig.from_config(tiny.get_config())
+  module, _ = setup.load_model(config)
+  cfg = module.config
   assert cfg.num_kv_heads < cfg.num_heads   # GQA
-  module = perturb_candidates(model.module, 1)
+  module = perturb_candidates(module, 1)
   spec = setup.sample_spec(config, cfg, 1)
   src = TokenWindows.from_token_docs(
       synthetic_documents(3, 200, 64, seed=0, period=24), config.min_len, config.max_len)

@@ -175,8 +175,9 @@ def test_paper_config_traces_at_full_size():
   from configs import llama2_7b_paper
   from focus_jax import parallel
   from focus_jax.train import setup
+  from focus_jax.train.run_config import TrainConfig
   from focus_jax.train.step import make_train_step
-  config = llama2_7b_paper.get_config()
+  config = TrainConfig.from_config(llama2_7b_paper.get_config())
   cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
                     num_heads=32, num_kv_heads=32, head_dim=128, max_position_embeddings=4096,
                     compute_dtype=config.dtype)
@@ -197,7 +198,7 @@ def test_paper_config_traces_at_full_size():
                 targets=((1, b, 2, 1), jnp.int32), n_memory=((1, b, 2), jnp.int32),
                 kind=((1, b, 2), jnp.int32))
   batch = {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
-  step = make_train_step(graphdef, mesh, tx, sched, tasks_per_step=2 * b)
+  step = make_train_step(graphdef, mesh, tx, sched, config)
   new_state, metrics = jax.eval_shape(step, state, frozen, batch)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   q = nnx.to_pure_dict(new_state.params)["model"]["layers"]["self_attn"]["candidate_q_proj"]
@@ -227,8 +228,9 @@ def test_training_changes_only_the_candidates(tmp_path):
   """A real run's exported model: every non-candidate Param bit-identical to the initial model."""
   from focus_jax.checkpoint.orbax import load_checkpoint
   from focus_jax.train import setup
+  from focus_jax.train.run_config import TrainConfig
   config = _tiny_config(steps=3, export_model=True, lr=1e-2, warmup_steps=0)
-  initial = setup.load_model(config).module
+  initial, _ = setup.load_model(TrainConfig.from_config(config))
   train(config, str(tmp_path))
   trained, _ = load_checkpoint(tmp_path / "model")
   before = nnx.to_pure_dict(nnx.state(initial, nnx.Param))

@@ -13,7 +13,6 @@ import dataclasses
 import re
 from typing import Callable, Iterator
 
-import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx, traverse_util
@@ -195,42 +194,9 @@ def validate(model) -> None:
                 (cfg.num_layers, *t.shape) if t.stacked else t.shape)
 
 
-# The flat params layout of checkpoints written before the NNX modules (same [in, out]
-# orientation): old key -> module path.
-_LEGACY_LAYER = {"attn_norm": "input_layernorm/weight", "mlp_norm": "post_attention_layernorm/weight",
-                 "gate": "mlp/gate_proj/kernel", "up": "mlp/up_proj/kernel",
-                 "down": "mlp/down_proj/kernel"}
-_LEGACY_TOP = {"embed": "model/embed_tokens/embedding", "final_norm": "model/norm/weight",
-               "lm_head": "lm_head/kernel"}
-
-
 def is_legacy(tree: dict) -> bool:
+  """A params tree of the flat layout written before the NNX modules ("embed", "layers")."""
   return "embed" in tree and "layers" in tree and "model" not in tree
-
-
-def legacy_path(key: str) -> str:
-  """'layers/q_bias' -> 'model/layers/self_attn/q_proj/bias', etc."""
-  group, _, name = key.partition("/")
-  if group in _LEGACY_TOP and not name:
-    return _LEGACY_TOP[group]
-  proj, _, bias = name.partition("_")
-  leaf = "bias" if bias == "bias" else "kernel"
-  if group == "candidate":
-    return f"{LAYERS}self_attn/{candidate_attr(proj)}/{leaf}"
-  if group == "layers":
-    if name in _LEGACY_LAYER:
-      return LAYERS + _LEGACY_LAYER[name]
-    if proj in CANDIDATE_PROJS:
-      return f"{LAYERS}self_attn/{proj}_proj/{leaf}"
-    if proj in ("gate", "up", "down"):
-      return f"{LAYERS}mlp/{proj}_proj/{leaf}"
-  raise CheckpointError(f"unknown tensor {key!r} in a checkpoint of the previous layout; "
-                        "re-run launch.convert")
-
-
-def from_legacy(tree: dict) -> dict:
-  """A previous-layout params tree as a pure state dict of module paths."""
-  return traverse_util.unflatten_dict({legacy_path(k): v for k, v in flat(tree).items()}, sep="/")
 
 
 def tree_map_paths(fn, tree):

@@ -93,7 +93,8 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
   sharding: a jax.sharding.Sharding for every array, or a function
   (module path, shape) -> Sharding (default: the first device).
   as_numpy: numpy arrays instead of jax arrays (export, conversion).
-  Checkpoints of the previous flat layout are read through layout.from_legacy.
+  A checkpoint of the flat layout written before the NNX modules is refused with
+  one error naming the fix (re-run launch.convert); none ships or is supported.
   Returns (model, extras) with extras = {"hf_config": dict | None,
   "focus_config": FocusConfig | None, "tokenizer_dir": str | None}.
   """
@@ -110,29 +111,23 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
     if meta is None:
       raise _unreadable(directory, "its metadata cannot be read")
     stored = _plain(meta.tree)
-    legacy = layout.is_legacy(stored)
-    paths = list(layout.flat(layout.from_legacy(stored) if legacy else stored))
+    if layout.is_legacy(stored):
+      raise CheckpointError(f"{directory}: a checkpoint of the flat layout written before "
+                            "the NNX modules; re-run launch.convert on its source weights")
+    paths = list(layout.flat(stored))
     graphdef, abstract = layout.abstract_model(cfg, layout.candidate_projs_of(paths))
     want = layout.flat(nnx.to_pure_dict(abstract))
     if set(want) != set(paths):
       diff = sorted(set(want) ^ set(paths))
       raise CheckpointError(f"{directory}: stored tensors do not match the model config "
                             f"(e.g. {diff[:3]}); re-run launch.convert")
-    if legacy:
-      log.info("%s is in the previous flat layout; reading it through the name map", directory)
-      pure = layout.from_legacy(_plain(_restore(ckpt, directory)))
+    target = None if as_numpy else layout.tree_map_paths(
+        lambda p, m: jax.ShapeDtypeStruct(
+            tuple(m.shape), np.dtype(dtype_of(dtype)) if dtype else np.dtype(m.dtype),
+            sharding=_sharding(sharding, p, m)), stored)
+    pure = _plain(_restore(ckpt, directory, target))
+    if as_numpy:
       pure = layout.tree_map_paths(lambda p, x: _cast(np.asarray(x), dtype), pure)
-      if not as_numpy:
-        pure = layout.tree_map_paths(lambda p, x: jax.device_put(x, _sharding(sharding, p, x)),
-                                     pure)
-    else:
-      target = None if as_numpy else layout.tree_map_paths(
-          lambda p, m: jax.ShapeDtypeStruct(
-              tuple(m.shape), np.dtype(dtype_of(dtype)) if dtype else np.dtype(m.dtype),
-              sharding=_sharding(sharding, p, m)), stored)
-      pure = _plain(_restore(ckpt, directory, target))
-      if as_numpy:
-        pure = layout.tree_map_paths(lambda p, x: _cast(np.asarray(x), dtype), pure)
   nnx.replace_by_pure_dict(abstract, pure)
   model = nnx.merge(graphdef, abstract)
   layout.validate(model)

@@ -28,6 +28,7 @@ from flax import nnx
 
 from focus_jax.focus.core import (chunk_prefix, chunk_step, fused_candidates, memory_prefix,
                                   row_positions)
+from focus_jax.data.samples import LOSS_NAMES
 from focus_jax.model import CandidateParam, ScanOptions
 
 
@@ -129,7 +130,7 @@ def task_losses(model, batch: dict, *, stop_gradient_prefix: bool = True,
 def loss_sums(ce, kind) -> dict:
   """Sums and counts of the per-task losses, overall and per loss kind (0, 1)."""
   out = {"loss_sum": ce.sum(), "count": jnp.asarray(ce.size, jnp.float32)}
-  for i, name in enumerate(("continuation", "repetition")):
+  for i, name in enumerate(LOSS_NAMES):
     sel = kind == i
     out[f"{name}_sum"] = jnp.where(sel, ce, 0.0).sum()
     out[f"{name}_count"] = sel.sum().astype(jnp.float32)

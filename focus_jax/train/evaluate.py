@@ -19,11 +19,12 @@ import os
 import jax
 import numpy as np
 
-from focus_jax.data import BatchSpec, step_iterator
+from focus_jax.data import LOSS_NAMES, BatchSpec, step_iterator
 from flax import nnx
 
 from focus_jax.focus.losses import split_model, task_losses
 from focus_jax.train import run_config, setup
+from focus_jax.train.run_config import TrainConfig
 from focus_jax.train.checkpoints import TrainCheckpoints, saved_steps
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
   (data.retrieval; its continuation task targets a fact's digit), instead of
   the eval data's own tasks.
   """
+  config = TrainConfig.from_config(config)
   if n_samples < 1:
     raise ValueError(f"the number of eval samples must be >= 1, got {n_samples}")
   ckdir = os.path.join(workdir, "checkpoints")
@@ -46,34 +48,27 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
     raise ValueError(f"no checkpoint step {step} in {ckdir} (saved steps: {steps or 'none'})")
   if steps:
     run_config.check_config(config, workdir, allow_config_change)
-  model = setup.load_model(config)
-  cfg = model.cfg
-  graphdef, cand, frozen = split_model(model.module)
+  model, extras = setup.load_model(config)
+  graphdef, cand, frozen = split_model(model)
   if step != 0 and steps:
     ckpts = TrainCheckpoints(ckdir, every=1)
     step = steps[-1] if step is None else step
     cand = _saved_params(ckpts, step, cand)
     ckpts.close()
   step = step or 0
-  eval_config = config.copy_and_resolve_references()
-  with eval_config.unlocked():
-    eval_config.data = config.get("eval_data") or config.data
   # Held-out tasks are the eval data's own (no fact documents) unless `retrieval`,
   # whatever the run trained on.
-  spec = dataclasses.replace(setup.sample_spec(config, cfg, 1),
-                             retrieval_frac=1.0 if retrieval else 0.0)
-  with eval_config.unlocked():
-    eval_config.retrieval_frac = spec.retrieval_frac
-  source = setup.make_source(eval_config, model, workdir)
+  eval_config = dataclasses.replace(config, data=config.eval_data or config.data,
+                                    retrieval_frac=1.0 if retrieval else 0.0)
+  spec = setup.sample_spec(eval_config, model.config, 1)
+  source = setup.make_source(eval_config, model, extras, workdir)
   it = step_iterator(source, spec, BatchSpec(global_batch=1), config.seed + EVAL_SEED_OFFSET,
-                     facts=setup.fact_inserter(eval_config, model))
-
-  bos_mem = config.get("bos_sees_memory", True)
+                     facts=setup.fact_inserter(eval_config, model, extras))
 
   @jax.jit
   def losses(c, f, b):
     m = nnx.merge(graphdef, c, f)
-    with_mem, _ = task_losses(m, b, bos_sees_memory=bos_mem)
+    with_mem, _ = task_losses(m, b, bos_sees_memory=config.bos_sees_memory)
     no_mem, _ = task_losses(m, dict(b, n_memory=b["n_memory"] * 0))
     return with_mem, no_mem
   ce, ce0, kinds = [], [], []
@@ -84,7 +79,7 @@ def evaluate(config, workdir: str, n_samples: int = 32, step: int | None = None,
   ce, ce0, kinds = map(np.concatenate, (ce, ce0, kinds))
   out = {"step": int(step), "n_tasks": int(ce.size), "loss": float(ce.mean()),
          "loss_no_memory": float(ce0.mean())}
-  for i, name in enumerate(("continuation", "repetition")):
+  for i, name in enumerate(LOSS_NAMES):
     if (kinds == i).any():
       out[f"loss_{name}"] = float(ce[kinds == i].mean())
       out[f"loss_{name}_no_memory"] = float(ce0[kinds == i].mean())

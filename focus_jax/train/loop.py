@@ -42,14 +42,15 @@ import numpy as np
 from flax import nnx
 
 from focus_jax import parallel
+from focus_jax.data import LOSS_NAMES, step_iterator
 from focus_jax.checkpoint.atomic import (RUN, RUN_MARKER, LockHeld, check_own_folder,
                                          exclusive_lock)
 from focus_jax.focus.losses import split_model
 from focus_jax.model import param_count
 from focus_jax.train import run_config, setup
+from focus_jax.train.run_config import TrainConfig
 from focus_jax.train.checkpoints import TrainCheckpoints, saved_steps
 from focus_jax.train.metrics import MetricsWriter, Stopwatch
-from focus_jax.train.optim import make_optimizer, make_schedule
 from focus_jax.train.step import make_train_step, place_batch, place_state
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def data_fingerprint(local: dict) -> int:
 
 def _step_metrics(m: dict, tokens: int, dt: float) -> dict:
   out = {"loss": float(m["loss_sum"] / max(m["count"], 1.0))}
-  for name in ("continuation", "repetition"):
+  for name in LOSS_NAMES:
     if m[f"{name}_count"] > 0:
       out[f"loss_{name}"] = float(m[f"{name}_sum"] / m[f"{name}_count"])
   out.update(grad_norm=float(m["grad_norm"]), lr=float(m["lr"]), step_time=dt,
@@ -145,7 +146,7 @@ def prepare_workdir(config, workdir: str, *, export_only: bool = False,
 
   hold: takes WORKDIR's lock into this stack once the checks pass, before the first write.
   """
-  run_config.check_values(config)  # a config that cannot be read or holds a bad value fails here
+  config = TrainConfig.from_config(config)  # a bad field or value fails here
   if _remote(workdir):
     log.warning("--workdir=%s is not a local path: it is neither checked for foreign files "
                 "nor locked against a second trainer", workdir)
@@ -179,32 +180,29 @@ def train(config, workdir: str, *, export_only: bool = False,
   allow_config_change: resume even when the config differs in a meaningful field.
   WORKDIR is locked from the end of its checks until this returns or raises.
   """
+  config = TrainConfig.from_config(config)
   with contextlib.ExitStack() as hold:
     prepare_workdir(config, workdir, export_only=export_only,
                     allow_config_change=allow_config_change, hold=hold)
     return _train(config, workdir, export_only)
 
 
-def _train(config, workdir: str, export_only: bool) -> dict:
+def _train(config: TrainConfig, workdir: str, export_only: bool) -> dict:
   mesh = parallel.make_mesh(config.mesh)
-  model = setup.load_model(config)
-  cfg = model.cfg
-  parallel.check_tensor(cfg, mesh)
-  spec = setup.sample_spec(config, cfg, parallel.axis_size(mesh, "chunk"))
+  model, extras = setup.load_model(config)
+  parallel.check_tensor(model.config, mesh)
+  spec = setup.sample_spec(config, model.config, parallel.axis_size(mesh, "chunk"))
   bspec = setup.batch_spec(config, parallel.axis_size(mesh, "data") *
                            parallel.axis_size(mesh, "fsdp"))
-  source = setup.make_source(config, model, workdir)
-  graphdef, cand, frozen = split_model(model.module)
+  source = setup.make_source(config, model, extras, workdir)
+  graphdef, cand, frozen = split_model(model)
   log.info("mesh %s; %s; %d params trainable of %d", dict(mesh.shape), source,
            param_count(cand), param_count(cand) + param_count(frozen))
-
-  schedule = make_schedule(config.lr, config.steps, config.warmup_steps, config.decay,
-                           config.end_lr_factor)
-  tx = make_optimizer(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2,
-                      eps=config.eps, clip_norm=config.clip_norm)
+  schedule, tx = setup.schedule_and_optimizer(config)
   state, frozen, placement = place_state(cand, frozen, tx, mesh,
-                                         base_dtype=config.get("base_dtype") or None)
-  data = _iterator(source, spec, bspec, config, setup.fact_inserter(config, model))
+                                         base_dtype=config.base_dtype or None)
+  data = step_iterator(source, spec, bspec, config.seed,
+                       facts=setup.fact_inserter(config, model, extras))
   ckpts = TrainCheckpoints(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
                            keep=config.keep_checkpoints, async_save=config.async_checkpoints)
   writer = MetricsWriter(workdir, config.steps, enabled=jax.process_index() == 0,
@@ -217,16 +215,12 @@ def _train(config, workdir: str, export_only: bool) -> dict:
     ckpts.close()
     writer.close()
     return {"step": start,
-            "model": export_model(config, workdir, model, graphdef, state.params, frozen)}
+            "model": export_model(config, workdir, extras, graphdef, state.params, frozen)}
   if start is not None:
     state, data, start = ckpts.restore_newest(state, data)
     log.info("resumed from step %d", start)
   writer.truncate(start or 0)
-  step_fn = make_train_step(graphdef, mesh, tx, schedule,
-                            tasks_per_step=bspec.samples_per_step * spec.tasks_per_sample,
-                            param_specs=placement.param_specs,
-                            state_shardings=placement.state_shardings,
-                            **setup.step_options(config))
+  step_fn = make_train_step(graphdef, mesh, tx, schedule, config, placement)
   stop = StopRequest()
   step, last, saved_at = int(start or 0), {}, start
   try:
@@ -266,16 +260,11 @@ def _train(config, workdir: str, export_only: bool) -> dict:
     ckpts.close()
     writer.close()
   if step >= config.steps and config.export_model:
-    export_model(config, workdir, model, graphdef, state.params, frozen)
+    export_model(config, workdir, extras, graphdef, state.params, frozen)
   return {"step": step, **last}
 
 
-def _iterator(source, spec, bspec, config, facts=None):
-  from focus_jax.data import step_iterator
-  return step_iterator(source, spec, bspec, config.seed, facts=facts)
-
-
-def export_model(config, workdir: str, model, graphdef, candidate, frozen) -> str | None:
+def export_model(config: TrainConfig, workdir: str, extras, graphdef, candidate, frozen):
   """Writes WORKDIR/model: base + trained candidate projections (a focus_jax checkpoint)."""
   from focus_jax.checkpoint.orbax import save_checkpoint
   if jax.process_count() > 1:
@@ -284,8 +273,8 @@ def export_model(config, workdir: str, model, graphdef, candidate, frozen) -> st
     return None
   out = os.path.join(workdir, "model")
   trained = nnx.merge(graphdef, jax.device_get(candidate), jax.device_get(frozen))
-  trained.set_config(model.cfg.replace(compute_dtype="float32"))
-  save_checkpoint(out, trained, model.hf_config, tokenizer_src=model.tokenizer_dir,
+  trained.set_config(trained.config.replace(compute_dtype="float32"))
+  save_checkpoint(out, trained, extras.get("hf_config"), tokenizer_src=extras.get("tokenizer_dir"),
                   focus_config=setup.focus_config(config), overwrite=True)
   log.info("trained model written to %s", out)
   return out

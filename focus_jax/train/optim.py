@@ -13,13 +13,11 @@ def make_schedule(lr: float, steps: int, warmup_steps: int = 0, decay: str = "li
   """Linear warmup from 0 to lr over warmup_steps, then `decay` to lr * end_lr_factor at `steps`.
 
   A warmup longer than the run is allowed (short test runs of a long config):
-  the run then ends inside the warmup.
+  the run then ends inside the warmup. The numbers' ranges are a TrainConfig's
+  (train.run_config).
   """
   if decay not in SCHEDULES:
     raise ValueError(f"unknown lr decay {decay!r}; expected one of {SCHEDULES}")
-  if not math.isfinite(lr) or lr <= 0 or steps < 1 or warmup_steps < 0:
-    raise ValueError(f"need lr > 0, steps >= 1 and warmup_steps >= 0 "
-                     f"(lr={lr}, steps={steps}, warmup_steps={warmup_steps})")
   rest = max(steps - warmup_steps, 1)
   end = lr * end_lr_factor
   if decay == "linear":
@@ -41,10 +39,6 @@ def make_optimizer(schedule: optax.Schedule, *, weight_decay: float = 0.0, b1: f
   if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm >= 0):
     raise ValueError(f"clip_norm must be a finite number >= 0 (0 disables clipping), "
                      f"got {clip_norm}")
-  if not (math.isfinite(weight_decay) and weight_decay >= 0):
-    raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-  if not (0 <= b1 < 1 and 0 <= b2 < 1) or not (math.isfinite(eps) and eps > 0):
-    raise ValueError(f"need 0 <= b1, b2 < 1 and eps > 0 (b1={b1}, b2={b2}, eps={eps})")
   parts = []
   if clip_norm:
     parts.append(optax.clip_by_global_norm(clip_norm))

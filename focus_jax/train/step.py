@@ -30,6 +30,7 @@ argument with no optimiser state (it may be stored in bfloat16).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -41,6 +42,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from focus_jax.focus.losses import loss_sums, task_losses
+from focus_jax.train.run_config import TrainConfig
 
 ROW_KEYS = ("chunk_tokens", "chunk_valid")
 
@@ -86,6 +88,16 @@ class Placement(NamedTuple):
   state_shardings: object     # TrainState of NamedShardings
 
 
+def as_dtype(tree, dtype: str | None):
+  """The arrays (or abstract arrays) of `tree` in `dtype`; None: as they are."""
+  if dtype is None:
+    return tree
+  from focus_jax.config import dtype_of
+  dt = dtype_of(dtype)
+  return jax.tree.map(lambda x: (x.astype(dt) if hasattr(x, "astype") else
+                                 jax.ShapeDtypeStruct(x.shape, dt)), tree)
+
+
 def place_state(cand, frozen, tx: optax.GradientTransformation, mesh, *,
                 base_dtype: str | None = None):
   """(TrainState, frozen State, Placement): parameters, gradients' and AdamW's
@@ -96,25 +108,14 @@ def place_state(cand, frozen, tx: optax.GradientTransformation, mesh, *,
   planning). base_dtype: store the frozen base in this dtype (e.g. bfloat16);
   the candidates and AdamW stay in their own dtype.
   """
-  if base_dtype is not None:
-    from focus_jax.config import dtype_of
-    dt = dtype_of(base_dtype)
-    frozen = jax.tree.map(lambda x: (x.astype(dt) if hasattr(x, "astype") else
-                                     jax.ShapeDtypeStruct(x.shape, dt)), frozen)
+  frozen = as_dtype(frozen, base_dtype)
   specs = (parallel.state_specs(cand, mesh), parallel.state_specs(frozen, mesh))
-  cand_sh, frozen_sh = (parallel.state_shardings(x, mesh) for x in (cand, frozen))
+  cand_sh, frozen_sh = (parallel.leaf_shardings(x, mesh) for x in (cand, frozen))
   abstract = jax.eval_shape(lambda c: init_state(c, tx), cand)
-  table = {jax.tree_util.keystr(p): (x.shape, sh) for (p, x), sh in zip(
-      jax.tree_util.tree_flatten_with_path(cand)[0], jax.tree.leaves(cand_sh))}
   rep = jax.sharding.NamedSharding(mesh, P())
-
-  def sharding_of(path, leaf):
-    key = jax.tree_util.keystr(path)   # AdamW moments end in a parameter's key path
-    for suffix, (shape, sh) in table.items():
-      if key.endswith(suffix) and tuple(leaf.shape) == tuple(shape):
-        return sh
-    return rep
-  state_sh = jax.tree_util.tree_map_with_path(sharding_of, abstract)
+  # AdamW's moments are placed like their parameters, its counts replicated.
+  state_sh = TrainState(rep, cand_sh, optax.tree_map_params(
+      tx, lambda _, sh: sh, abstract.opt_state, cand_sh, transform_non_params=lambda _: rep))
   concrete = not isinstance(jax.tree.leaves(cand)[0], jax.ShapeDtypeStruct)
   if concrete:
     state = jax.jit(lambda c: init_state(c, tx), out_shardings=state_sh)(
@@ -127,103 +128,91 @@ def place_state(cand, frozen, tx: optax.GradientTransformation, mesh, *,
   return state, frozen, Placement(specs, state_sh)
 
 
+class StepPlan(NamedTuple):
+  """What a training step is compiled for (static)."""
+  graphdef: nnx.GraphDef        # of the model with candidates (`split_model`)
+  mesh: jax.sharding.Mesh
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  config: TrainConfig           # stop_gradient_prefix, remat, bos_sees_memory, fused_*
+  specs: tuple | None           # Placement.param_specs; None: replicated
+
+
 def make_train_step(graphdef, mesh, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, tasks_per_step: int,
-                    stop_gradient_prefix: bool = True, param_specs=None,
-                    remat: str = "none", state_shardings=None, bos_sees_memory: bool = True,
-                    fused_chunks: bool = False, fused_groups: int = 0):
-  """Returns step(state, frozen, batch) -> (state, metrics), jitted, state donated.
+                    schedule: optax.Schedule, config: TrainConfig,
+                    placement: Placement | None = None):
+  """train_step(state, frozen, batch) -> (state, metrics), jitted, the state donated.
+  placement: place_state's (shard_map specs, TrainState out_shardings); None: replicated."""
+  plan = StepPlan(graphdef, mesh, tx, schedule, config,
+                  None if placement is None else placement.param_specs)
+  return jax.jit(functools.partial(train_step, plan), donate_argnums=0, out_shardings=(
+      None if placement is None else (placement.state_shardings, None)))
 
-  graphdef: of the model with candidates (`split_model`); frozen: its frozen State.
-  param_specs: (candidate specs, frozen specs) from parallel.state_specs; None:
-    replicated. Leaves split over "fsdp" enter the device function as shards;
-    the top-level ones (embeddings, head) are all-gathered once, each layer's
-    inside the layer scan, so one layer at a time is whole on a device; the
-    transposed gather returns each device its shard of the gradient.
-  remat: rematerialise each layer in the backward pass (model.REMAT_POLICIES).
-  fused_chunks: run each row's prefix and candidate in one layer scan
-    (core.fused_candidates; with stop_gradient_prefix), so one layer's prefix
-    K/V is alive at a time; fused_groups: its checkpointed layer groups
-    (0: the backward pass keeps every layer's prefix K/V, no recomputation).
-  state_shardings: the TrainState's shardings (explicit out_shardings; donated).
-  tasks_per_step: the number of tasks in one optimiser step over all hosts
-  (A * global batch * T); the loss is their mean.
-  metrics: loss_sum, count, {continuation,repetition}_{sum,count}, grad_norm, lr.
-  """
-  chunk_n = parallel.axis_size(mesh, "chunk")
-  fsdp_n = parallel.axis_size(mesh, "fsdp")
-  rep = parallel.spec(mesh)
-  if param_specs is None:
-    cand_specs = frozen_specs = rep
-  else:
-    cand_specs, frozen_specs = param_specs
-  axes = tuple(a for a in ("data", "fsdp", "chunk") if a in mesh.axis_names)
-  data_axes = tuple(a for a in parallel.BATCH_AXES if a in mesh.axis_names)
 
-  fsdp = fsdp_n > 1 and param_specs is not None
+def train_step(plan: StepPlan, state: TrainState, frozen, batch: dict):
+  """One optimiser step on the mean loss of the batch's tasks. metrics: loss_sum, count,
+  {continuation,repetition}_{sum,count}, grad_norm, lr."""
+  rep = parallel.spec(plan.mesh)
+  cand_specs, frozen_specs = plan.specs or (rep, rep)
+  fn = parallel.shard(functools.partial(device_grads, plan, batch["kind"].size), plan.mesh,
+                      in_specs=(cand_specs, frozen_specs, batch_specs(plan.mesh, batch)),
+                      out_specs=(cand_specs, rep))
+  grads, sums = fn(state.params, frozen, batch)
+  updates, opt_state = plan.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(sums, grad_norm=optax.tree.norm(grads), lr=plan.schedule(state.step))
+  return TrainState(state.step + 1, params, opt_state), metrics
 
-  def gathered_model(cand, frozen):
-    specs = (cand_specs, frozen_specs) if fsdp else None
-    return parallel.merge_shards(graphdef, (cand, frozen), specs, remat=remat)
 
-  def split_route(mk, mv, local):
-    """Task share j of the chunk group gets every row of its tasks (all_to_all)."""
-    j = jax.lax.axis_index("chunk")
-    per = local["kind"].shape[0] // chunk_n
-    a2a = lambda x: jax.lax.all_to_all(x, "chunk", split_axis=1, concat_axis=2, tiled=True)
-    share = {k: jax.lax.dynamic_slice_in_dim(v, j * per, per, 0) for k, v in local.items()}
-    return a2a(mk), a2a(mv), share
+def split_route(mk, mv, local):
+  """Task share j of the chunk group gets every row of its tasks (all_to_all)."""
+  j, n = jax.lax.axis_index("chunk"), jax.lax.axis_size("chunk")
+  per = local["kind"].shape[0] // n
+  a2a = lambda x: jax.lax.all_to_all(x, "chunk", split_axis=1, concat_axis=2, tiled=True)
+  return a2a(mk), a2a(mv), {k: jax.lax.dynamic_slice_in_dim(v, j * per, per, 0)
+                            for k, v in local.items()}
 
-  def gather_route(mk, mv, local):
-    """Every device of the chunk group gets all rows of all its tasks (all_gather)."""
-    gather = lambda x: jax.lax.all_gather(x, "chunk", axis=2, tiled=True)
-    return gather(mk), gather(mv), local
 
-  def device_grads(cand, frozen, batch):
-    tasks_here = batch["kind"].shape[1] * batch["kind"].shape[2]
-    split = chunk_n > 1 and tasks_here % chunk_n == 0
-    route = split_route if split else (gather_route if chunk_n > 1 else None)
-    # With all_gather the chunk group repeats the same tasks: count them once.
-    repeats = chunk_n if route is gather_route else 1
-    sum_axes = axes if split else data_axes
+def gather_route(mk, mv, local):
+  """Every device of the chunk group gets all rows of all its tasks (all_gather)."""
+  return (*(jax.lax.all_gather(x, "chunk", axis=2, tiled=True) for x in (mk, mv)), local)
 
-    def objective(c, mb):
-      model, scan = gathered_model(c, frozen)
-      ce, kind = task_losses(model, mb, stop_gradient_prefix=stop_gradient_prefix, route=route,
-                             bos_sees_memory=bos_sees_memory, fused=fused_chunks,
-                             fused_groups=fused_groups, scan=scan)
-      return ce.sum() / (tasks_per_step * repeats), (ce, kind)
 
-    def micro(carry, mb):
-      (_, (ce, kind)), g = jax.value_and_grad(objective, has_aux=True)(cand, mb)
-      return jax.tree.map(jnp.add, carry, (g, loss_sums(ce, kind))), None
+def objective(cand, plan: StepPlan, frozen, mb: dict, route, tasks: int):
+  """(summed task loss / tasks, (ce, kind)) of micro-batch `mb` on this device."""
+  c = plan.config
+  model, scan = parallel.merge_shards(plan.graphdef, (cand, frozen), plan.specs, remat=c.remat)
+  ce, kind = task_losses(model, mb, stop_gradient_prefix=c.stop_gradient_prefix, route=route,
+                         bos_sees_memory=c.bos_sees_memory, fused=c.fused_chunks,
+                         fused_groups=c.fused_groups, scan=scan)
+  return ce.sum() / tasks, (ce, kind)
 
-    zero_sums = loss_sums(jnp.zeros((1,), jnp.float32), jnp.full((1,), -1, jnp.int32))
-    zero_sums = jax.tree.map(jnp.zeros_like, zero_sums)
-    init = (jax.tree.map(jnp.zeros_like, cand), zero_sums)
-    (g, sums), _ = jax.lax.scan(micro, init, batch)
-    # A leaf split over fsdp already holds the sum over fsdp (the transposed all_gather).
-    table = parallel.spec_table(g, cand_specs)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(g)
-    summed = []
-    for path, x in flat:
-      split_fsdp = parallel.gather_axes(table[jax.tree_util.keystr(path)], "fsdp") is not None
-      over = tuple(a for a in axes if not (split_fsdp and a == "fsdp"))
-      summed.append(jax.lax.psum(x, over) if over else x)
-    g = jax.tree.unflatten(treedef, summed)
-    if sum_axes:
-      sums = jax.lax.psum(sums, sum_axes)
-    return g, sums
 
-  def step(state: TrainState, frozen, batch: dict):
-    specs = batch_specs(mesh, batch)
-    fn = parallel.shard(device_grads, mesh, in_specs=(cand_specs, frozen_specs, specs),
-                        out_specs=(cand_specs, rep))
-    grads, sums = fn(state.params, frozen, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(sums, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
-    return TrainState(state.step + 1, params, opt_state), metrics
+def device_grads(plan: StepPlan, tasks: int, cand, frozen, batch: dict):
+  """This device's (gradient, loss sums), summed over the mesh, of `tasks` tasks' mean loss."""
+  axes = tuple(a for a in ("data", "fsdp", "chunk") if a in plan.mesh.axis_names)
+  chunk_n = parallel.axis_size(plan.mesh, "chunk")
+  split = chunk_n > 1 and (batch["kind"].shape[1] * batch["kind"].shape[2]) % chunk_n == 0
+  route = split_route if split else (gather_route if chunk_n > 1 else None)
+  # With all_gather the chunk group repeats the same tasks: count them once.
+  repeats = chunk_n if route is gather_route else 1
 
-  return jax.jit(step, donate_argnums=0,
-                 out_shardings=None if state_shardings is None else (state_shardings, None))
+  def micro(carry, mb):
+    (_, (ce, kind)), g = jax.value_and_grad(objective, has_aux=True)(
+        cand, plan, frozen, mb, route, tasks * repeats)
+    return jax.tree.map(jnp.add, carry, (g, loss_sums(ce, kind))), None
+
+  zero_sums = jax.tree.map(jnp.zeros_like, loss_sums(jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)))
+  (g, sums), _ = jax.lax.scan(micro, (jax.tree.map(jnp.zeros_like, cand), zero_sums), batch)
+  sum_axes = axes if split else tuple(a for a in parallel.BATCH_AXES if a in axes)
+  return sum_grads(g, plan.specs[0] if plan.specs else P(), axes), (
+      jax.lax.psum(sums, sum_axes) if sum_axes else sums)
+
+
+def sum_grads(grads, specs, axes: tuple):
+  """psum over `axes` of each gradient, but over fsdp for a leaf its spec splits over it:
+  that one already holds the sum over fsdp (the transposed all_gather)."""
+  def one(spec, g):
+    over = tuple(a for a in axes if a != "fsdp" or parallel.gather_axes(spec, "fsdp") is None)
+    return jax.lax.psum(g, over) if over else g
+  return parallel.map_specs(one, specs, grads)
