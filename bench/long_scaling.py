@@ -10,6 +10,8 @@ Wl=128): wall time and peak RSS of the first call and per generated token, FLOP 
   .venv/bin/python bench/long_scaling.py --out=runs/long.jsonl --cells=generate:409600
   # exact decoding with a bfloat16 against a float32 chunk cache, on the same tokens:
   .venv/bin/python bench/long_scaling.py --out=runs/cache.jsonl --cells=cache_diff:8192
+  # the same with everything in bfloat16 (weights, activations, every cache):
+  .venv/bin/python bench/long_scaling.py --out=runs/cache.jsonl --cells=bf16_diff:32768
   # the log-log figure of every cell in --out:
   .venv/bin/python bench/long_scaling.py --out=runs/long.jsonl --plot=docs/figures/long_scaling.png
 
@@ -18,7 +20,9 @@ Cell kinds: focus_exact, focus_fast (generation.modes.generate in-process), self
 launch.generate --mode=focus, exact, on a checkpoint converted once to
 OUT.ckpt; the cell's time is that process's, load and compile included), cache_diff (exact decoding with the float32
 and the bfloat16 chunk cache, the second forced onto the first's tokens: max
-abs logit difference per step). Every cell decodes an official passkey
+abs logit difference per step), bf16_diff (the same, the second run with
+bfloat16 weights and compute: activations, chunk caches and memory in
+bfloat16, softmax statistics and accumulation in float32). Every cell decodes an official passkey
 prompt (key at depth 0.5, seed 0) for as many tokens as the answer and
 records whether it is right. Figures: first_call_s (process start -> first
 logits: load, compile, chunk encoding, local step), step_s (mean per later
@@ -41,7 +45,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("focus_exact", "focus_fast", "selfextend", "plain", "generate", "cache_diff")
+KINDS = ("focus_exact", "focus_fast", "selfextend", "plain", "generate", "cache_diff",
+         "bf16_diff")
 T0 = time.perf_counter()
 
 
@@ -81,8 +86,9 @@ def cell(kind: str, length: int, args) -> dict:
   ids, answer = make_passkey_prompt(tok, length, depth=0.5, seed=0)
   steps = answer_token_count(tok, answer)
   rec = dict(kind=kind, length=length, tokens=int(ids.size), answer=answer, new_tokens=steps)
-  if kind == "cache_diff":
-    return {**rec, **cache_diff(folder, ids, steps, args), "loadavg": (load0, os.getloadavg()[0])}
+  if kind in ("cache_diff", "bf16_diff"):
+    return {**rec, **cache_diff(folder, ids, steps, args, full=kind == "bf16_diff"),
+            "loadavg": (load0, os.getloadavg()[0])}
   if kind == "generate":
     np.save(os.path.join(tmp, "ids.npy"), ids.astype(np.int64))
     ckpt = os.path.abspath(args.out) + ".ckpt"   # converted once, shared by later cells
@@ -161,18 +167,21 @@ class _Timed:
     return self.sampler.pick(logits, step)
 
 
-def cache_diff(folder, ids, steps, args) -> dict:
-  """Exact decoding, float32 then bfloat16 chunk cache on the float32 run's tokens."""
+def cache_diff(folder, ids, steps, args, full: bool = False) -> dict:
+  """Exact decoding, float32 then a bfloat16 chunk cache on the float32 run's tokens;
+  full: the second run's weights and compute in bfloat16 too."""
   import numpy as np
   from focus_jax.checkpoint.hf import load_hf
   from focus_jax.generation.modes import Forced, ModeSetup, generate
   from focus_jax.model import device_put
-  model, _ = load_hf(folder)
-  model = device_put(model)
   fc = _focus_config(folder)
   steps = max(steps, args.diff_steps)
   runs = {}
   for dt in ("float32", "bfloat16"):
+    model, _ = load_hf(folder, dtype="bfloat16" if full and dt == "bfloat16" else "float32")
+    if full and dt == "bfloat16":
+      model.set_config(model.config.replace(compute_dtype="bfloat16"))
+    model = device_put(model)
     tm = {}
     t0 = time.perf_counter()
     sampler = None if dt == "float32" else Forced(runs["float32"][0].tokens)
@@ -183,7 +192,8 @@ def cache_diff(folder, ids, steps, args) -> dict:
     runs[dt] = (gen, tm, time.perf_counter() - t0)
   a, b = runs["float32"][0].logits, runs["bfloat16"][0].logits
   diff = np.abs(a - b).max(-1)
-  return dict(steps=steps, max_abs_logit_diff=float(diff.max()),
+  return dict(steps=steps, compared="bfloat16 weights+compute+caches" if full else
+              "bfloat16 chunk cache", max_abs_logit_diff=float(diff.max()),
               per_step_max_abs_diff=[round(float(d), 6) for d in diff],
               max_abs_logit=float(np.abs(a).max()),
               argmax_agree=float((a.argmax(-1) == b.argmax(-1)).mean()),
@@ -213,7 +223,7 @@ def plot(path: str, fig_path: str):
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   series = {}
   for r in rows:
-    if "error" not in r and r["kind"] != "cache_diff":
+    if "error" not in r and r["kind"] not in ("cache_diff", "bf16_diff"):
       dt = r.get("cache_dtype_arg", "") if r["kind"] in ("focus_exact", "generate") else ""
       series.setdefault((r["kind"], dt), []).append(r)
   for (kind, dt), rs in sorted(series.items()):

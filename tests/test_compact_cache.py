@@ -194,3 +194,19 @@ def test_generate_cli_chunk_cache_dtype(model, x, run, tmp_path):
   want, _ = run(chunk_cache_dtype="bfloat16")
   np.testing.assert_allclose(got, want.logits, atol=1e-6, rtol=0)
   assert np.abs(got - run()[0].logits).max() > 0   # not the float32 cache
+
+
+def test_memory_check_counts_the_cache_at_its_storage_dtype(model, x, run, monkeypatch):
+  """The refusal before allocation sizes the kept chunk caches in chunk_cache_dtype: with
+  room for 3/4 of the float32 caches, float32 is refused and bfloat16 (half) decodes."""
+  import focus_jax.memory
+  _, tm = run()
+  limit = int(0.75 * tm["cache_bytes"])
+  monkeypatch.setattr(focus_jax.memory, "available_bytes", lambda: (limit, "test memory"))
+  with pytest.raises(ValueError, match=r"rows, float32\) .* would need .* test memory"):
+    generate(ModeSetup("focus", model, focus=FC, chunk_cache_dtype="float32"), x, STEPS,
+             stop_at_eos=False)
+  tm16 = {}
+  generate(ModeSetup("focus", model, focus=FC, chunk_cache_dtype="bfloat16"), x, STEPS,
+           stop_at_eos=False, timings=tm16)
+  assert tm16["cache_bytes"] * 2 == tm["cache_bytes"] <= limit * 4 / 3 + 1
