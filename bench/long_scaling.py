@@ -108,6 +108,8 @@ def cell(kind: str, length: int, args) -> dict:
     rec.update(total_s=time.perf_counter() - t0, command=" ".join(cmd[1:]),
                peak_rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                output=tok.decode(out["tokens"].tolist()),
+               phases=[l.split("] ", 1)[-1] for l in proc.stderr.splitlines()
+                       if "] load: " in l or "] compile + prefill: " in l],
                correct=is_correct(tok, out["tokens"], answer))
   else:
     model, _ = load_hf(folder)
