@@ -210,3 +210,47 @@ def test_memory_check_counts_the_cache_at_its_storage_dtype(model, x, run, monke
   generate(ModeSetup("focus", model, focus=FC, chunk_cache_dtype="bfloat16"), x, STEPS,
            stop_at_eos=False, timings=tm16)
   assert tm16["cache_bytes"] * 2 == tm["cache_bytes"] <= limit * 4 / 3 + 1
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_update_slice_equals_dynamic_update_slice(dtype):
+  """update_slice (the cache write of every path) against jax.lax.dynamic_update_slice:
+  the same values, float32 updates cast to the buffer's dtype, the same derivatives."""
+  from focus_jax.model.llama import update_slice, update_slice_in_dim
+  buf = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 3)).astype(dtype)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 5, 3))
+  want = jax.lax.dynamic_update_slice(buf, x.astype(dtype), (0, 3, 0, 0))
+  got = jax.jit(update_slice)(buf, x, (0, jnp.int32(3), 0, 0))
+  assert got.dtype == buf.dtype
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  np.testing.assert_array_equal(np.asarray(update_slice_in_dim(buf, x, 3, 1), np.float32),
+                                np.asarray(want, np.float32))
+  w = jax.random.normal(jax.random.PRNGKey(2), buf.shape)
+  loss = lambda f: lambda b, u: jnp.sum(w * f(b, u).astype(jnp.float32) ** 2)
+  ours = jax.grad(loss(lambda b, u: update_slice_in_dim(b, u, 3, 1)), argnums=(0, 1))(buf, x)
+  ref = jax.grad(loss(lambda b, u: jax.lax.dynamic_update_slice_in_dim(b, u.astype(dtype), 3, 1)),
+                 argnums=(0, 1))(buf, x)
+  for a, b in zip(ours, ref):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_bfloat16_cache_writes_are_in_place(model):
+  """The compiled chunk encoding and exact step write one batch of rows into a bfloat16
+  cache without converting the whole cache: XLA:CPU rewrites a bfloat16
+  dynamic_update_slice as convert(update(convert(cache))), which made every call read
+  and write every row (encoding time grew with the square of the input length)."""
+  import re
+  graphdef, state = nnx.split(model)
+  mesh, n, size, c = make_mesh(None), 128, 32, S + F + 1
+  cache = jax.eval_shape(lambda: init_cache(TINY, n, size, "bfloat16"))
+  mem = jnp.zeros((TINY.num_layers, n, TINY.num_kv_heads, TINY.head_dim))
+  full = ",".join(map(str, cache.k.shape))
+  whole = re.compile(rf"= bf16\[{full}\]\S* (convert|copy)\(")
+  encode = P_.encode_fn(graphdef, mesh, 2, True).lower(*_abstract(
+      (state, jnp.zeros((n, c), jnp.int32), jnp.ones((n, c), bool), cache, mem, mem,
+       jnp.int32(0)))).compile().as_text()
+  step = P_.exact_step_fn(graphdef, mesh, step_rows=4).lower(*_abstract(
+      (state, cache, jnp.ones((n,), bool), jnp.zeros((2,), jnp.int32), jnp.arange(n),
+       jnp.zeros((WL,), jnp.int32), jnp.ones((WL,), bool), jnp.int32(n // 4)))).compile().as_text()
+  assert f"bf16[{full}]" in encode and f"bf16[{full}]" in step
+  assert not whole.findall(encode) and not whole.findall(step)

@@ -37,7 +37,8 @@ import jax.numpy as jnp
 
 from jax.ad_checkpoint import checkpoint_name
 
-from focus_jax.model.llama import AttnOptions, KVCache, Prefix, ScanOptions, make_context
+from focus_jax.model.llama import (AttnOptions, KVCache, Prefix, ScanOptions, make_context,
+                                   update_slice, update_slice_in_dim)
 
 PREFIX_KV = "fused_prefix_kv"   # the values fused_candidates' backward pass keeps
 
@@ -96,8 +97,8 @@ def append(cache: KVCache, k, v, pos, valid) -> KVCache:
   i = cache.index
   z = jnp.zeros((), jnp.int32)
   return KVCache(
-      jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (z, z, i, z, z)),
-      jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (z, z, i, z, z)),
+      update_slice(cache.k, k, (z, z, i, z, z)),
+      update_slice(cache.v, v, (z, z, i, z, z)),
       jax.lax.dynamic_update_slice(cache.pos, pos.astype(jnp.int32), (z, i)),
       jax.lax.dynamic_update_slice(cache.order, pos.astype(jnp.int32), (z, i)),
       jax.lax.dynamic_update_slice(cache.valid, valid, (z, i)),
@@ -114,7 +115,7 @@ def cache_rows(cache: KVCache, start, size: int) -> KVCache:
 def put_rows(cache: KVCache, rows: KVCache, start) -> KVCache:
   """`cache` with rows [start, start + n) replaced by the n rows of `rows` (cast to the
   cache's dtypes, e.g. a compact bfloat16 cache); the index stays `cache.index`."""
-  upd = lambda buf, x, ax: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), start, ax)
+  upd = lambda buf, x, ax: update_slice_in_dim(buf, x, start, ax)
   return KVCache(upd(cache.k, rows.k, 1), upd(cache.v, rows.v, 1), upd(cache.pos, rows.pos, 0),
                  upd(cache.order, rows.order, 0), upd(cache.valid, rows.valid, 0), cache.index)
 
@@ -168,7 +169,7 @@ def chunk_step_streamed(model, cache: KVCache, tokens, valid, rows: int, n_batch
     pick = lambda x: jax.lax.dynamic_slice_in_dim(x, r0, rows, 0)
     k, v, sub = chunk_step(model, cache_rows(cache, r0, rows), pick(tokens), pick(valid), attn,
                            scan)
-    put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r0, 1)
+    put = lambda buf, x: update_slice_in_dim(buf, x, r0, 1)
     return put_rows(cache, sub, r0), put(mem_k, k), put(mem_v, v)
 
   init = (cache, jnp.zeros(mem_shape, cfg.dtype), jnp.zeros(mem_shape, cfg.dtype))

@@ -44,6 +44,7 @@ from focus_jax.focus import core
 from focus_jax.focus import steps as S_
 from focus_jax.focus.plan import make_plan, round_up, shard_order
 from focus_jax.model import AttnOptions, ScanOptions
+from focus_jax.model.llama import update_slice_in_dim
 from focus_jax.parallel import axis_size, make_mesh, shard, shard_state, sharding, spec
 
 CHUNK_TOKENS = 16384   # chunk-pass tokens per call (rows x (C - 1 + 2K)) before the mesh
@@ -189,7 +190,7 @@ def _chunk_fn(graphdef, mesh, batch: int, attn: AttnOptions):
     model, scan = parallel.merge_shards(graphdef, (state,), specs)
     sl = lambda x: jax.lax.dynamic_slice_in_dim(x, j * b, b, 0)
     k, v = chunk_memories(model, sl(tokens), sl(valid), sl(row_valid), forced, attn, scan)
-    put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), j * b, 1)
+    put = lambda buf, x: update_slice_in_dim(buf, x, j * b, 1)
     return put(mem_k, k), put(mem_v, v)
 
   rows, mem = spec(mesh, S_.CHUNK), spec(mesh, None, S_.CHUNK)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from focus_jax.config import ModelConfig
 from focus_jax.focus import core
-from focus_jax.model.llama import AttnOptions, KVCache, init_cache
+from focus_jax.model.llama import AttnOptions, KVCache, init_cache, update_slice_in_dim
 from focus_jax import parallel
 from focus_jax.parallel import axis_size, shard, sharding, spec
 
@@ -81,8 +81,8 @@ def encode_fn(graphdef, mesh, batch: int, keep: bool, attn: AttnOptions = AttnOp
     size = cache.k.shape[2] if keep else tok.shape[1] - 1
     pc = core.chunk_prefix(model, tok, val, size, attn, scan)
     mk, mv, _ = core.chunk_step(model, pc, tok[:, -1:], val[:, -1:], attn, scan)
-    mem_k = jax.lax.dynamic_update_slice_in_dim(mem_k, mk.astype(mem_k.dtype), r0, 1)
-    mem_v = jax.lax.dynamic_update_slice_in_dim(mem_v, mv.astype(mem_v.dtype), r0, 1)
+    mem_k = update_slice_in_dim(mem_k, mk, r0, 1)
+    mem_v = update_slice_in_dim(mem_v, mv, r0, 1)
     if keep:
       cache = core.put_rows(cache, pc, r0)
     return cache, mem_k, mem_v

@@ -127,6 +127,44 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
                  jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
 
 
+_HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+@jax.custom_jvp
+def _update_bits(buf, x, start):
+  bits = lambda a: jax.lax.bitcast_convert_type(a, jnp.uint16)
+  out = jax.lax.dynamic_update_slice(bits(buf), bits(x), start)
+  return jax.lax.bitcast_convert_type(out, buf.dtype)
+
+
+@_update_bits.defjvp
+def _update_bits_jvp(primals, tangents):
+  (buf, x, start), (d_buf, d_x, _) = primals, tangents
+  return _update_bits(buf, x, start), jax.lax.dynamic_update_slice(d_buf, d_x, start)
+
+
+def update_slice(buf: jax.Array, x: jax.Array, start) -> jax.Array:
+  """`buf` with `x` (cast to buf's dtype) written at `start` (one index per axis), in place
+  when `buf` is donated.
+
+  A 16-bit float buffer is updated through its integer bits: XLA:CPU otherwise upcasts
+  the whole buffer to float32 around the update, so every write of one row into a
+  bfloat16 cache read and wrote all of it (the chunk encoding of a 400K-token input
+  grew with the square of the input length). Values and derivatives are those of
+  `jax.lax.dynamic_update_slice`.
+  """
+  x = x.astype(buf.dtype)
+  start = tuple(jnp.asarray(i, jnp.int32) for i in start)
+  if buf.dtype in _HALF:
+    return _update_bits(buf, x, start)
+  return jax.lax.dynamic_update_slice(buf, x, start)
+
+
+def update_slice_in_dim(buf: jax.Array, x: jax.Array, start, axis: int) -> jax.Array:
+  """`update_slice` at `start` along `axis` (index 0 on every other axis)."""
+  return update_slice(buf, x, tuple(start if a == axis else 0 for a in range(buf.ndim)))
+
+
 def _var(kind, value, axes):
   return kind(value, out_sharding=axes, eager_sharding=False)
 
@@ -218,8 +256,8 @@ class Attention(nnx.Module):
     keys, vals, new_cache = k, v, None
     if cache_kv is not None:
       at = (0, ctx.cache_index, 0, 0)
-      keys = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), at)
-      vals = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), at)
+      keys = update_slice(cache_kv[0], k, at)
+      vals = update_slice(cache_kv[1], v, at)
       new_cache = (keys, vals)
     if prefix_kv is not None:
       keys = jnp.concatenate([prefix_kv[0].astype(keys.dtype), keys], 1)
