@@ -251,6 +251,7 @@ def file_safety_probes(d: Path, ev):
   yield "focus_jax.trained", "--name=../../x", [f"--write={d / 'ckpt'}", "--name=../../x"], {}
   yield "focus_jax.trained", "--out a folder of the user's files", [f"--out={d / 'mine'}"], {"keep": ["mine"]}
   yield "generate", "--logits_out an existing file, no --overwrite", [ck, f"--input_ids={d / 'ids.npy'}", f"--logits_out={d / 'mine.npz'}"], {"keep": ["mine.npz"]}
+  yield "convert", "--hf_model inside --out, no --overwrite", [f"--hf_model={d / 'C' / 'my_source'}", f"--out={d / 'C'}"], {"keep": ["C"]}
 
 
 def _files(d: Path, names) -> list:

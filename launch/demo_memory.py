@@ -32,7 +32,7 @@ flags.DEFINE_integer("seed", 1, "Seed of the key / fact.")
 flags.mark_flag_as_required("checkpoint")
 
 
-def _fact_prompt(tok, n_tokens, depth, seed):
+def _fact_prompt(tok, bos, n_tokens, depth, seed):
   """Held-out play text with one fact at `depth`, then the question up to the number."""
   import numpy as np
   from focus_jax.data.retrieval import ATTRS, NAMES
@@ -47,7 +47,7 @@ def _fact_prompt(tok, n_tokens, depth, seed):
   body = enc(open(play, encoding="utf-8", errors="replace").read()[:n_tokens * 8])
   body = body[:n_tokens - 1 - len(fact) - len(question)]
   at = int(depth * len(body))
-  ids = [tok.bos_token_id] + body[:at] + fact + body[at:] + question
+  ids = [bos] + body[:at] + fact + body[at:] + question
   return np.asarray(ids, np.int32), value
 
 
@@ -72,15 +72,20 @@ def demo():
   if extras["tokenizer_dir"] is None:
     raise ValueError(f"{FLAGS.checkpoint} has no tokenizer (its tokenizer/ folder is missing "
                      "or empty); convert the model from a folder or GGUF that has one")
+  # The model's BOS (what FocusLLM's rows start with), also where the tokenizer names none.
+  bos = model.config.bos_token_id
+  if bos is None:
+    raise ValueError(f"{FLAGS.checkpoint}: the model has no bos_token_id (model_config.json); "
+                     "FocusLLM needs one")
   tok = load_hf_tokenizer(extras["tokenizer_dir"])
   if FLAGS.task == "passkey":
     ids, answer = make_passkey_prompt(tok, FLAGS.length, depth=FLAGS.depth, seed=FLAGS.seed)
     n = answer_token_count(tok, answer)
   else:
-    ids, answer = _fact_prompt(tok, FLAGS.length, FLAGS.depth, FLAGS.seed)
+    ids, answer = _fact_prompt(tok, bos, FLAGS.length, FLAGS.depth, FLAGS.seed)
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
     n = len(enc(f" is {answer}")) - len(enc(" is"))
-  local = [tok.bos_token_id] + ids[-focus.local_window:].tolist()
+  local = [bos] + ids[-focus.local_window:].tolist()
   seen = answer in tok.decode(local)
   print(f"{FLAGS.task} prompt: {ids.size} tokens, answer {answer} "
         f"({'inside' if seen else 'outside'} the local window of the last {focus.local_window} "

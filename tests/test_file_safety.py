@@ -78,9 +78,12 @@ def test_overwrite_refuses_an_output_that_holds_the_input(made, tmp_path):
     shutil.copy(made / "hf" / f, both / f)
   (tmp_path / "link").symlink_to(both)
   for src, out in [(both, both), (tmp_path / "link", both), (both, tmp_path / "link"),
-                   (tmp_path / "link" / "params", both)]:
-    with pytest.raises(FileExistsError, match="lies inside"):
-      atomic.check_target(out, True, sources=[src])
+                   (tmp_path / "link" / "params", both), (c / "my_source", c)]:
+    # Without --overwrite too: not told to pass --overwrite, which would then refuse.
+    for overwrite in (True, False):
+      with pytest.raises(FileExistsError, match="lies inside") as err:
+        atomic.check_target(out, overwrite, sources=[src])
+      assert "pass overwrite" not in str(err.value)
   # An input beside the output, or the output inside the input, is fine.
   assert atomic.check_target(c, True, sources=[made / "hf"]) == c
   assert atomic.check_target(made / "hf" / "new", True, sources=[made / "hf"]).name == "new"
@@ -246,6 +249,8 @@ def test_evaluate_writes_only_into_its_own_folder_and_its_own_model(made, tmp_pa
   for check in (results.check_out, lambda o: results.check_run(o, {"task": "perplexity"})):
     with pytest.raises(FileExistsError, match="holds other files .* not an evaluation folder"):
       check(mine)   # what launch.evaluate calls before the model loads and before any write
+  r = _evaluate(*args, f"--out={mine}")
+  one_line_error(r, "launch.evaluate", f"--out={mine} holds other files", "left untouched")
   assert _tree(mine) == before
   out = tmp_path / "run"
   r = _evaluate(*args, f"--out={out}")

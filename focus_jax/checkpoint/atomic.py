@@ -109,9 +109,11 @@ def check_target(target, overwrite: bool, owner: str = CHECKPOINT, sources=()) -
   if not is_owned(target):
     raise FileExistsError(f"{target} is not {what}; --overwrite replaces only such a folder, "
                           "so it was left untouched (remove it yourself or choose another path)")
+  # Replacing target must not delete an input; checked before the advice to pass
+  # overwrite, which would then refuse.
+  check_sources(target, sources)
   if not overwrite:
     raise FileExistsError(f"{target} already exists; pass overwrite (--overwrite) to replace it")
-  check_sources(target, sources)   # replacing target must not delete an input
   return target
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
+import sys
 
 import jax
 import numpy as np
@@ -33,6 +35,41 @@ MODEL_CONFIG = "model_config.json"
 HF_CONFIG = "hf_config.json"
 FOCUS_CONFIG = "focus_config.json"
 TOKENIZER_DIR = "tokenizer"
+
+
+class _AbandonedRead(logging.Filter):
+  """asyncio's "Task/Future exception was never retrieved" for the reads of a failed restore.
+
+  Which of the two asyncio prints depends on whether the abandoned read was wrapped in a
+  Task or left a bare Future, which depends on timing; both are dropped."""
+
+  _ABANDONED = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+  def filter(self, record):
+    return not record.getMessage().startswith(self._ABANDONED)
+
+
+def quiet_abandoned_reads() -> None:
+  """After a failed Orbax restore (a damaged checkpoint or training step), its pending
+  TensorStore reads complete into an event loop that Orbax has closed: each prints a
+  RuntimeError traceback (sys.unraisablehook) or an asyncio error line, dozens in all,
+  around the one error that matters; a read coroutine closed unfinished prints its own
+  read error the same way. Drops exactly those, for the rest of the process (installed
+  once)."""
+  if getattr(sys.unraisablehook, "_focus_jax", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(u):
+    if isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value):
+      return
+    code = getattr(u.object, "cr_code", None)   # an abandoned coroutine of Orbax's reads
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return
+    previous(u)
+  hook._focus_jax = True
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_AbandonedRead())
 
 
 @contextlib.contextmanager
@@ -103,6 +140,7 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
   if dtype is not None:
     dtype_of(dtype)
     cfg = cfg.replace(param_dtype=dtype)
+  quiet_abandoned_reads()   # a failed read's pending reads may outlive its one error
   with _checkpointer(quiet=True) as ckpt:
     try:
       meta = ckpt.metadata(directory / PARAMS_DIR).item_metadata
@@ -133,8 +171,8 @@ def load_checkpoint(directory, dtype: str | None = None, sharding=None,
   layout.validate(model)
   extras = {"hf_config": _read_json(directory / HF_CONFIG),
             "focus_config": None, "tokenizer_dir": None}
-  fc = _read_json(directory / FOCUS_CONFIG)
-  if fc is not None:
+  if (directory / FOCUS_CONFIG).is_file():   # a file holding null is malformed, not absent
+    fc = _read_json(directory / FOCUS_CONFIG)
     try:
       extras["focus_config"] = FocusConfig.from_dict(fc)
     except (ValueError, TypeError) as e:

@@ -19,43 +19,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-import sys
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from focus_jax.checkpoint.orbax import quiet_abandoned_reads
+
 log = logging.getLogger(__name__)
-
-
-class _AbandonedRestore(logging.Filter):
-  """asyncio's "Task/Future exception was never retrieved" for the reads of a failed restore.
-
-  Which of the two asyncio prints depends on whether the abandoned read was wrapped in a
-  Task or left a bare Future, which depends on timing; both are dropped."""
-
-  _ABANDONED = ("Task exception was never retrieved", "Future exception was never retrieved")
-
-  def filter(self, record):
-    return not record.getMessage().startswith(self._ABANDONED)
-
-
-def _quiet_abandoned_restores() -> None:
-  """After a failed Orbax restore, its pending TensorStore reads complete into an event loop
-  that Orbax has closed: each prints a RuntimeError traceback (sys.unraisablehook) or an
-  asyncio error line, dozens in all, around the one error that matters. Drops exactly
-  those, for the rest of the process (installed once)."""
-  if getattr(sys.unraisablehook, "_focus_jax", False):
-    return
-  previous = sys.unraisablehook
-
-  def hook(u):
-    if isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value):
-      return
-    previous(u)
-  hook._focus_jax = True
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(_AbandonedRestore())
 
 
 def saved_steps(directory: str) -> list[int]:
@@ -110,7 +81,7 @@ class TrainCheckpoints:
     (naming the newest step and its error) and moves nothing.
     """
     failures = []
-    _quiet_abandoned_restores()   # before the first try: the reads may outlive its error
+    quiet_abandoned_reads()   # before the first try: the reads may outlive its error
     for step in sorted(self.all_steps(), reverse=True):
       try:
         state, data = self.restore(step, state_like, data_iter)
