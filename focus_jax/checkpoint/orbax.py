@@ -16,8 +16,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -38,15 +40,36 @@ TOKENIZER_DIR = "tokenizer"
 
 
 class _AbandonedRead(logging.Filter):
-  """asyncio's "Task/Future exception was never retrieved" for the reads of a failed restore.
+  """asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" for the reads of
+  a failed restore.
 
-  Which of the two asyncio prints depends on whether the abandoned read was wrapped in a
-  Task or left a bare Future, which depends on timing; both are dropped."""
+  Which of them asyncio prints depends on whether the abandoned read was wrapped in a Task, a
+  gather or left a bare Future, which depends on timing; all are dropped when the exception
+  came from Orbax's reads (its traceback or a cause's passes through orbax)."""
 
-  _ABANDONED = ("Task exception was never retrieved", "Future exception was never retrieved")
+  _ABANDONED = re.compile(r"\w+ exception was never retrieved")
 
   def filter(self, record):
-    return not record.getMessage().startswith(self._ABANDONED)
+    if not self._ABANDONED.match(record.getMessage()):
+      return True
+    return not (record.exc_info and _from_orbax(record.exc_info[1]))
+
+
+def _from_orbax(exc) -> bool:
+  """Whether `exc`, or an exception it was raised from, has a frame in orbax's sources, or
+  `exc` was raised with no Python frame (set on a Future by TensorStore's native code)."""
+  if exc is not None and exc.__traceback__ is None and exc.__cause__ is None:
+    return True
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    while tb is not None:
+      if _in_orbax(tb.tb_frame.f_code.co_filename):
+        return True
+      tb = tb.tb_next
+    exc = exc.__cause__ or exc.__context__
+  return False
 
 
 def quiet_abandoned_reads() -> None:
@@ -54,8 +77,9 @@ def quiet_abandoned_reads() -> None:
   TensorStore reads complete into an event loop that Orbax has closed: each prints a
   RuntimeError traceback (sys.unraisablehook) or an asyncio error line, dozens in all,
   around the one error that matters; a read coroutine closed unfinished prints its own
-  read error the same way. Drops exactly those, for the rest of the process (installed
-  once)."""
+  read error the same way, and one Orbax created but never started warns ("coroutine ...
+  was never awaited") when collected. Drops exactly those, for the rest of the process
+  (installed once); the same messages from any other code still print."""
   if getattr(sys.unraisablehook, "_focus_jax", False):
     return
   previous = sys.unraisablehook
@@ -64,12 +88,26 @@ def quiet_abandoned_reads() -> None:
     if isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value):
       return
     code = getattr(u.object, "cr_code", None)   # an abandoned coroutine of Orbax's reads
-    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+    if code is not None and _in_orbax(code.co_filename):
       return
     previous(u)
   hook._focus_jax = True
   sys.unraisablehook = hook
   logging.getLogger("asyncio").addFilter(_AbandonedRead())
+  # The interpreter calls warnings._warn_unawaited_coroutine for every coroutine collected
+  # unstarted; the warning's text names only the function, so the filter is on its code.
+  warn_unawaited = getattr(warnings, "_warn_unawaited_coroutine", None)
+  if warn_unawaited is not None:
+    def quiet_unawaited(coro):
+      code = getattr(coro, "cr_code", None)
+      if code is not None and _in_orbax(code.co_filename):
+        return
+      warn_unawaited(coro)
+    warnings._warn_unawaited_coroutine = quiet_unawaited
+
+
+def _in_orbax(filename: str) -> bool:
+  return f"{os.sep}orbax{os.sep}" in filename
 
 
 @contextlib.contextmanager
