@@ -260,6 +260,9 @@ class FocusConfig:
   fragment_len: int = 512         # official hard-codes 512
   min_focus_len: int = 4096       # T: shorter inputs run the plain model
   candidate_projs: tuple[str, ...] = CANDIDATE_PROJS
+  # False (not the official layout): the local BOS, the attention sink, does not attend to
+  # the memory (candidates trained with TrainConfig.bos_sees_memory=False need it).
+  bos_sees_memory: bool = True
 
   def __post_init__(self):
     for f in ("chunk_size", "local_window", "fragment_len"):
@@ -267,6 +270,8 @@ class FocusConfig:
         raise ValueError(f"FocusConfig.{f} must be >= 1, got {getattr(self, f)}")
     if as_int(self.min_focus_len, "min_focus_len") < 0:
       raise ValueError(f"FocusConfig.min_focus_len must be >= 0, got {self.min_focus_len}")
+    if not isinstance(self.bos_sees_memory, bool):
+      raise ValueError(f"bos_sees_memory must be true or false, got {self.bos_sees_memory!r}")
     if isinstance(self.candidate_projs, str) or not all(
         isinstance(p, str) for p in self.candidate_projs):
       raise ValueError(f"candidate_projs must be a list of names from {CANDIDATE_PROJS}")

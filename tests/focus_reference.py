@@ -71,24 +71,36 @@ def candidate_kv(model, seq):
   return k[:, 0, t - 1], v[:, 0, t - 1]
 
 
-def local_logits(model, mem, local):
-  """Last-position logits of `local` after the memory entries (positions 0..n-1, n, ...)."""
+def local_logits(model, mem, local, bos_sees_memory=True):
+  """Last-position logits of `local` after the memory entries (positions 0..n-1, n, ...).
+
+  bos_sees_memory=False: the first local token's K/V come from a run of that token alone
+  at position n (it sees nothing else), and join the memory as one more prefix entry
+  that the other local tokens, run after it, attend to."""
   n = len(mem)
+  pos = list(range(n))
+  if not bos_sees_memory:
+    tokens, positions = _padded(local[:1], [n])
+    k1, v1 = _forward(model, tokens, positions, logits=None, return_kv=True).kv
+    mem = list(mem) + [(k1[:, 0, 0], v1[:, 0, 0])]
+    pos, local = pos + [n], local[1:]
   k = jnp.stack([m[0] for m in mem], 1)[:, None]  # [L, 1, n, KV, hd]
   v = jnp.stack([m[1] for m in mem], 1)[:, None]
-  prefix = Prefix(k, v, jnp.asarray([list(range(n))]), jnp.full((1, n), -1),
-                  jnp.ones((1, n), bool))
-  tokens, positions = _padded(local, [n + i for i in range(len(local))])
+  prefix = Prefix(k, v, jnp.asarray([pos]), jnp.full((1, len(pos)), -1),
+                  jnp.ones((1, len(pos)), bool))
+  tokens, positions = _padded(local, [len(pos) + i for i in range(len(local))])
   out = _forward(model, tokens, positions, prefix=prefix)
   return np.asarray(out.logits[0, len(local) - 1], np.float32)
 
 
-def reference_focus(model, x, s, wl, frag_len, generated=(), frozen_memory=False):
+def reference_focus(model, x, s, wl, frag_len, generated=(), frozen_memory=False,
+                    bos_sees_memory=True):
   """Logits [len(generated) + 1, V]: row t predicts the token after x ++ generated[:t].
 
   Chunk i's input at step t is chunk_i ++ q ++ generated[:t] with its last token
   the candidate; the local input is BOS ++ local ++ generated[:t]. With
   frozen_memory the memory of step 0 is reused at every step (fast mode).
+  bos_sees_memory=False: the local BOS does not attend to the memory (local_logits).
   """
   x = [int(a) for a in x]
   bos = model.config.bos_token_id
@@ -105,7 +117,7 @@ def reference_focus(model, x, s, wl, frag_len, generated=(), frozen_memory=False
     else:
       mem = [candidate_kv(model, chunk + q + gen) for chunk in chunks]
       mem0 = mem
-    rows.append(local_logits(model, mem, _with_bos(local, bos) + gen))
+    rows.append(local_logits(model, mem, _with_bos(local, bos) + gen, bos_sees_memory))
   return np.stack(rows)
 
 

@@ -122,6 +122,10 @@ def export_config(hf: dict, focus: FocusConfig) -> dict:
     log.info("fragment_len %d and min_focus_len %d are not part of the official layout "
              "(the official code uses %d and %d)", focus.fragment_len, focus.min_focus_len,
              default.fragment_len, default.min_focus_len)
+  if not focus.bos_sees_memory:
+    log.warning("bos_sees_memory=false is not part of the official layout: the official code "
+                "lets the local BOS attend to the memory, which these candidates were not "
+                "trained for")
   return {**hf, "architectures": ["LlamaForCausalLM"], "beacon_param": list(focus.candidate_projs),
           "local_window": focus.local_window, "memory_stride": [focus.chunk_size]}
 

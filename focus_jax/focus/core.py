@@ -221,23 +221,29 @@ def fused_candidates(model, tokens, valid, *, groups: int = 0,
   return k, v
 
 
-def memory_prefix(mem_k, mem_v, mem_valid, mem_pos=None):
+def memory_prefix(mem_k, mem_v, mem_valid, mem_pos=None, bos_sees_memory: bool = True):
   """The memory as a Prefix visible to every token (order -1) and its entry count.
 
   mem_k, mem_v: [L, B, N, KV, hd]; mem_valid: [B, N] bool; mem_pos: [B, N]
   RoPE positions (default: 0, 1, ... over the valid entries in array order).
+  bos_sees_memory=False (not the official layout; FocusConfig.bos_sees_memory): the
+  first local token, at position n (the local BOS, the attention sink), does not see
+  the memory: its entries get mask order n + 1, so only local tokens at positions
+  > n (every later token, cached or generated) attend to them.
   Returns (Prefix, n_valid [B]).
   """
   mem_valid = jnp.asarray(mem_valid, bool)
   if mem_pos is None:
     mem_pos = row_positions(mem_valid)
-  order = jnp.full(mem_valid.shape, -1, jnp.int32)
   n_valid = jnp.sum(mem_valid, axis=1, dtype=jnp.int32)
+  order = jnp.broadcast_to((-1 if bos_sees_memory else n_valid[:, None] + 1),
+                           mem_valid.shape).astype(jnp.int32)
   return Prefix(mem_k, mem_v, jnp.asarray(mem_pos, jnp.int32), order, mem_valid), n_valid
 
 
 def local_forward(model, mem_k, mem_v, mem_valid, local_tokens, local_valid=None, *,
-                  mem_pos=None, logits: str = "last", attn: AttnOptions = AttnOptions()):
+                  mem_pos=None, logits: str = "last", attn: AttnOptions = AttnOptions(),
+                  bos_sees_memory: bool = True):
   """Logits of the local tokens reading the memory.
 
   mem_k, mem_v: [L, B, N, KV, hd] (or [L, N, KV, hd] for B = 1); mem_valid:
@@ -245,7 +251,7 @@ def local_forward(model, mem_k, mem_v, mem_valid, local_tokens, local_valid=None
   LEFT-padded where local_valid is False. Memory entries sit at positions
   mem_pos (default 0..n-1 over valid entries), local tokens at n, n+1, ...
   (n = valid entries of the row). logits: "last" -> [B, V], "all" -> [B, T, V]
-  (float32); unbatched inputs drop the B axis.
+  (float32); unbatched inputs drop the B axis. bos_sees_memory: see memory_prefix.
   """
   unbatched = jnp.ndim(local_tokens) == 1
   if unbatched:
@@ -258,7 +264,7 @@ def local_forward(model, mem_k, mem_v, mem_valid, local_tokens, local_valid=None
     raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
   if local_valid is None:
     local_valid = jnp.ones(local_tokens.shape, bool)
-  prefix, n_valid = memory_prefix(mem_k, mem_v, mem_valid, mem_pos)
+  prefix, n_valid = memory_prefix(mem_k, mem_v, mem_valid, mem_pos, bos_sees_memory)
   pos = row_positions(local_valid, n_valid)
   out = model(local_tokens, pos, valid=local_valid, prefix=prefix, logits=logits,
               attn=attn).logits

@@ -121,7 +121,7 @@ def local_groups(local_len: int, k_: int, local_batch: int = 0):
 
 
 def local_logits(model, mem_k, mem_v, mem_valid, mem_pos, tokens, valid,
-                 attn: AttnOptions = AttnOptions()):
+                 attn: AttnOptions = AttnOptions(), bos_sees_memory: bool = True):
   """Last-token logits [R, V] of local rows [R, T], row r on memory entries r.
 
   mem_k, mem_v: [L, n, R, KV, hd] (chunk_memories' layout); mem_valid,
@@ -132,11 +132,11 @@ def local_logits(model, mem_k, mem_v, mem_valid, mem_pos, tokens, valid,
   mval = jnp.broadcast_to(jnp.asarray(mem_valid, bool)[None], (r,) + mem_valid.shape)
   mpos = jnp.broadcast_to(jnp.asarray(mem_pos, jnp.int32)[None], (r,) + mem_pos.shape)
   return core.local_forward(model, mk, mv, mval, tokens, valid, mem_pos=mpos, logits="last",
-                            attn=attn)
+                            attn=attn, bos_sees_memory=bos_sees_memory)
 
 
 def target_logits(model, tokens, valid, row_valid, mem_pos, forced, local_tokens, local_valid,
-                  attn: AttnOptions = AttnOptions()):
+                  attn: AttnOptions = AttnOptions(), bos_sees_memory: bool = True):
   """The K exact logits [K, V] of one sample, all as arrays (jittable, differentiable).
 
   tokens, valid, row_valid, mem_pos: a ChunkPlan's rows (plan.tokens, plan.valid,
@@ -144,14 +144,15 @@ def target_logits(model, tokens, valid, row_valid, mem_pos, forced, local_tokens
   local_tokens, local_valid: local_rows(plan.local, targets).
   """
   k, v = chunk_memories(model, tokens, valid, row_valid, forced, attn)
-  return local_logits(model, k, v, row_valid, mem_pos, local_tokens, local_valid, attn)
+  return local_logits(model, k, v, row_valid, mem_pos, local_tokens, local_valid, attn,
+                      bos_sees_memory)
 
 
 def target_logprobs(model, tokens, valid, row_valid, mem_pos, forced, local_tokens, local_valid,
-                    targets, attn: AttnOptions = AttnOptions()):
+                    targets, attn: AttnOptions = AttnOptions(), bos_sees_memory: bool = True):
   """float32 [K]: log p(targets[j] | prompt ++ targets[:j]) under exact FocusLLM (for training)."""
   logits = target_logits(model, tokens, valid, row_valid, mem_pos, forced, local_tokens,
-                         local_valid, attn)
+                         local_valid, attn, bos_sees_memory)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return jnp.take_along_axis(logp, jnp.asarray(targets, jnp.int32)[:, None], axis=1)[:, 0]
 
@@ -204,13 +205,13 @@ def _chunk_fn(graphdef, mesh, batch: int, attn: AttnOptions):
 
 
 @functools.lru_cache(maxsize=None)
-def _local_fn(graphdef, mesh, attn: AttnOptions):
+def _local_fn(graphdef, mesh, attn: AttnOptions, bos_sees_memory: bool = True):
   """(state, mem_k, mem_v, mem_valid, mem_pos, tokens [G, T], valid, rows [G]) -> logits
   [G, V] of the local rows `rows` (memory gathered over the chunk axis by `_gather_fn`)."""
   def fn(state, mem_k, mem_v, mem_valid, mem_pos, tokens, valid, rows):
     pick = lambda x: jnp.take(x, rows, axis=2)
     return local_logits(nnx.merge(graphdef, state), pick(mem_k), pick(mem_v), mem_valid,
-                        mem_pos, tokens, valid, attn)
+                        mem_pos, tokens, valid, attn, bos_sees_memory)
   return jax.jit(fn)
 
 
@@ -283,7 +284,7 @@ def exact_logits(model, prompt: Sequence[int], targets: Sequence[int], *,
     jax.block_until_ready(mem_k)
     timings.update(chunks=time.perf_counter() - t0, n_chunks=plan.n_chunks,
                    n_rows=plan.n_rows, chunk_batch=batch)
-  local = _local_fn(graphdef, mesh, attn)
+  local = _local_fn(graphdef, mesh, attn, bool(focus.bos_sees_memory))
   out = np.zeros((k_, cfg.vocab_size), np.float32)
   groups = local_groups(len(plan.local), k_, local_batch)
   for rows_j, t in groups:

@@ -82,9 +82,8 @@ def local_losses(model, mem_k, mem_v, n_memory, local_tokens, local_valid, targe
   """
   rows = mem_k.shape[2]
   kk = targets.shape[1]
-  prefix, n_valid = memory_prefix(mem_k, mem_v, jnp.arange(rows)[None, :] < n_memory[:, None])
-  if not bos_sees_memory:
-    prefix = prefix._replace(order=jnp.broadcast_to((n_valid + 1)[:, None], prefix.order.shape))
+  prefix, n_valid = memory_prefix(mem_k, mem_v, jnp.arange(rows)[None, :] < n_memory[:, None],
+                                  bos_sees_memory=bos_sees_memory)
   out = model(local_tokens, row_positions(local_valid, n_valid), valid=local_valid,
               prefix=prefix, logits=None, scan=scan)
   logits = model.unembed(out.hidden[:, -kk:])

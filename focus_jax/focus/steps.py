@@ -116,13 +116,15 @@ def gather_rows(mesh, *xs, axis: int = 1):
   return shard(body, mesh, in_specs=(in_spec,) * len(xs), out_specs=(P(),) * len(xs))(*xs)
 
 
-def _local_logits(model, mem_k, mem_v, mem_valid, mem_pos, local, local_valid, attn):
+def _local_logits(model, mem_k, mem_v, mem_valid, mem_pos, local, local_valid, attn,
+                  bos_sees_memory: bool = True):
   return core.local_forward(model, mem_k[:, None], mem_v[:, None], mem_valid[None],
-                            local[None], local_valid[None], mem_pos=mem_pos[None], attn=attn)[0]
+                            local[None], local_valid[None], mem_pos=mem_pos[None], attn=attn,
+                            bos_sees_memory=bos_sees_memory)[0]
 
 
 @functools.lru_cache(maxsize=None)
-def local_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
+def local_fn(graphdef, mesh, attn: AttnOptions = AttnOptions(), bos_sees_memory: bool = True):
   """(state, mem_k, mem_v, mem_valid, mem_pos, local [T], local_valid [T]) -> logits [V].
 
   Gathers the memory over the chunk axis, then runs the local tokens
@@ -131,13 +133,14 @@ def local_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
   def fn(state, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
     return _local_logits(nnx.merge(graphdef, state), mem_k, mem_v, mem_valid, mem_pos, local,
-                         local_valid, attn)
+                         local_valid, attn, bos_sees_memory)
 
   return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=None)
-def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions(), step_rows: int = 0):
+def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions(), step_rows: int = 0,
+                  bos_sees_memory: bool = True):
   """One exact generation step.
 
   (state, cache, row_valid, pair [2] = [prev, y_t], mem_pos, local, local_valid
@@ -181,21 +184,22 @@ def exact_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions(), step_rows: 
     cache, mem_k, mem_v = sharded(state, cache, row_valid, pair, n_batches)
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
     logits = _local_logits(nnx.merge(graphdef, state), mem_k, mem_v, row_valid, mem_pos, local,
-                           local_valid, attn)
+                           local_valid, attn, bos_sees_memory)
     return logits, cache
 
   return jax.jit(fn, donate_argnums=(1,))
 
 
 @functools.lru_cache(maxsize=None)
-def fast_prefill_fn(graphdef, mesh, cache_size: int, attn: AttnOptions = AttnOptions()):
+def fast_prefill_fn(graphdef, mesh, cache_size: int, attn: AttnOptions = AttnOptions(),
+                    bos_sees_memory: bool = True):
   """Fast mode: (state, mem_k, mem_v, mem_valid, mem_pos, local, local_valid)
   -> (logits [V], memory (k, v, valid, pos) gathered, local KVCache, next position)."""
   def fn(state, mem_k, mem_v, mem_valid, mem_pos, local, local_valid):
     model = nnx.merge(graphdef, state)
     mem_k, mem_v = gather_rows(mesh, mem_k, mem_v)
     prefix, n_valid = core.memory_prefix(mem_k[:, None], mem_v[:, None], mem_valid[None],
-                                         mem_pos[None])
+                                         mem_pos[None], bos_sees_memory)
     pos = core.row_positions(local_valid[None], n_valid)
     out = model(local[None], pos, valid=local_valid[None], prefix=prefix,
                 cache=init_cache(model.config, 1, cache_size), logits="last", attn=attn)
@@ -205,12 +209,13 @@ def fast_prefill_fn(graphdef, mesh, cache_size: int, attn: AttnOptions = AttnOpt
 
 
 @functools.lru_cache(maxsize=None)
-def fast_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions()):
+def fast_step_fn(graphdef, mesh, attn: AttnOptions = AttnOptions(),
+                 bos_sees_memory: bool = True):
   """Fast mode step: (state, (mem_k, mem_v), mem_valid, mem_pos, cache, token, position)
   -> (logits [V], cache). The memory stays frozen at its prefill value."""
   def fn(state, mem, mem_valid, mem_pos, cache, token, position):
     prefix, _ = core.memory_prefix(mem[0][:, None], mem[1][:, None], mem_valid[None],
-                                   mem_pos[None])
+                                   mem_pos[None], bos_sees_memory)
     out = nnx.merge(graphdef, state)(token.reshape(1, 1), position.reshape(1, 1), prefix=prefix,
                                      cache=cache, logits="last", attn=attn)
     return out.logits[0, -1], out.cache

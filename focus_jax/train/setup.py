@@ -168,4 +168,5 @@ def focus_config(config: TrainConfig) -> FocusConfig:
   f = config.focus
   return FocusConfig(chunk_size=f["chunk_size"] or max(config.chunk_sizes),
                      local_window=config.local_window, fragment_len=config.fragment_max,
-                     min_focus_len=f["min_focus_len"], candidate_projs=config.candidate_projs)
+                     min_focus_len=f["min_focus_len"], candidate_projs=config.candidate_projs,
+                     bos_sees_memory=bool(config.bos_sees_memory))
