@@ -228,16 +228,18 @@ def plot(path: str, fig_path: str):
     if "error" not in r and r["kind"] not in ("cache_diff", "bf16_diff"):
       dt = r.get("cache_dtype_arg", "") if r["kind"] in ("focus_exact", "generate") else ""
       series.setdefault((r["kind"], dt), []).append(r)
-  for (kind, dt), rs in sorted(series.items()):
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, ((kind, dt), rs) in enumerate(sorted(series.items())):
     rs.sort(key=lambda r: r["length"])
     x = [r["length"] for r in rs]
     label = kind + (f" ({dt} cache)" if dt else "")
+    style = dict(color=colors[i % len(colors)], label=label)   # one colour per series
     first = [r.get("first_call_s", r.get("total_s")) for r in rs]
-    axes[0].plot(x, first, "o-", label=label)
+    axes[0].plot(x, first, "o-", **style)
     step = [(r["length"], r["step_s"]) for r in rs if r.get("step_s")]
     if step:
-      axes[1].plot(*zip(*step), "o-", label=label)
-    axes[2].plot(x, [r["peak_rss_mb"] / 1024 for r in rs], "o-", label=label)
+      axes[1].plot(*zip(*step), "o-", **style)
+    axes[2].plot(x, [r["peak_rss_mb"] / 1024 for r in rs], "o-", **style)
   for ax, title in zip(axes, ("first call (s, load + compile + prefill)", "per generated token (s)",
                               "peak RSS (GiB)")):
     ax.set_xscale("log", base=2)
