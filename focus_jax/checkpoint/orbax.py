@@ -45,7 +45,8 @@ class _AbandonedRead(logging.Filter):
 
   Which of them asyncio prints depends on whether the abandoned read was wrapped in a Task, a
   gather or left a bare Future, which depends on timing; all are dropped when the exception
-  came from Orbax's reads (its traceback or a cause's passes through orbax)."""
+  came from Orbax's reads (_from_orbax: its traceback or a cause's passes through orbax, or
+  TensorStore's native code set it with no Python frame)."""
 
   _ABANDONED = re.compile(r"\w+ exception was never retrieved")
 

@@ -284,7 +284,7 @@ def exact_logits(model, prompt: Sequence[int], targets: Sequence[int], *,
     jax.block_until_ready(mem_k)
     timings.update(chunks=time.perf_counter() - t0, n_chunks=plan.n_chunks,
                    n_rows=plan.n_rows, chunk_batch=batch)
-  local = _local_fn(graphdef, mesh, attn, bool(focus.bos_sees_memory))
+  local = _local_fn(graphdef, mesh, attn, focus.bos_sees_memory)
   out = np.zeros((k_, cfg.vocab_size), np.float32)
   groups = local_groups(len(plan.local), k_, local_batch)
   for rows_j, t in groups:

@@ -154,7 +154,6 @@ class _FocusDecoder:
     self.state = shard_state(state, mesh)
     self.setup, self.plan, self.mesh, self.chunk_batch = setup, plan, mesh, chunk_batch
     self.max_new, self.clock, self.attn = max_new, clock, setup.attn
-    self.bos_sees_memory = bool(setup.focus.bos_sees_memory)
     self.local = [int(t) for t in plan.local]
 
   def encode(self, keep_cache: bool, cache_size: int = 0):
@@ -176,15 +175,15 @@ class ExactDecoder(_FocusDecoder):
     plan = self.plan
     size = round_up(plan.row_len - 1 + self.max_new - 1, 16)   # cache_tokens' rows
     self.cache, mem_k, mem_v = self.encode(True, size)
-    logits = steps.local_fn(self.graphdef, self.mesh, self.attn, self.bos_sees_memory)(
+    bos = self.setup.focus.bos_sees_memory
+    logits = steps.local_fn(self.graphdef, self.mesh, self.attn, bos)(
         self.state, mem_k, mem_v, self.mem_valid, self.mem_pos, *local_input(self.local))
     rows = self.setup.step_rows
     batch = row_batch(plan.n_rows, self.chunk_batch, rows) if rows else plan.n_rows
     batch = 0 if batch >= plan.n_rows else batch   # 0: one call over every row
     # batches of each device's rows that hold real chunks (the rest are all padding)
     self.n_batches = -(-plan.n_chunks // batch) if batch else 0
-    self.step_fn = steps.exact_step_fn(self.graphdef, self.mesh, self.attn, batch,
-                                       self.bos_sees_memory)
+    self.step_fn = steps.exact_step_fn(self.graphdef, self.mesh, self.attn, batch, bos)
     self.clock.lap("prefill", logits, since_start=True)
     return logits
 
@@ -204,10 +203,11 @@ class FastDecoder(_FocusDecoder):
     _, mem_k, mem_v = self.encode(False)
     toks, val = local_input(self.local)
     size = round_up(toks.shape[0] + self.max_new, LOCAL_BUCKET)
+    bos = self.setup.focus.bos_sees_memory
     logits, self.mem, self.cache, self.pos = steps.fast_prefill_fn(
-        self.graphdef, self.mesh, size, self.attn, self.bos_sees_memory)(
+        self.graphdef, self.mesh, size, self.attn, bos)(
             self.state, mem_k, mem_v, self.mem_valid, self.mem_pos, toks, val)
-    self.step_fn = steps.fast_step_fn(self.graphdef, self.mesh, self.attn, self.bos_sees_memory)
+    self.step_fn = steps.fast_step_fn(self.graphdef, self.mesh, self.attn, bos)
     self.clock.lap("prefill", logits, since_start=True)
     return logits
 
