@@ -28,7 +28,7 @@ def get_config():
   c.fragment_max = 64
   c.span_min = 30
   c.target_tokens = 1
-  c.bos_sees_memory = True          # official layout
+  c.bos_sees_memory = False         # not official: the local BOS (attention sink) does not see the memory
   c.batch_size = 2
   c.accum = 1
   c.lr = 1e-3

@@ -68,12 +68,16 @@ echo "transformers reload: $PROMPT -> $HF_GEN"
 # reproduced by `make train-smollm2`): a 2K-token prompt whose answer lies far before
 # the local window, FocusLLM (memory + local window) against the plain model on the
 # local window alone.
-say "4. The shipped trained candidates (200 steps): answers from outside the local window"
+say "4. The shipped trained candidates (600 steps): answers from outside the local window"
 TRAINED_HF=out/smollm2_memory_hf
 TRAINED=out/smollm2_memory
-if [[ ! -d "$TRAINED" ]]; then
+# Rebuilt when the shipped file changed since the last demo (its pinned sha256 is
+# recorded beside the converted checkpoint), so an upgrade never demos stale candidates.
+SHIPPED_SHA="$("$PY" -c 'from focus_jax import trained; print(trained.SHIPPED["smollm2_memory"])')"
+if [[ ! -d "$TRAINED" || "$(cat "$TRAINED.sha256" 2>/dev/null)" != "$SHIPPED_SHA" ]]; then
   "$PY" -m focus_jax.trained --out="$TRAINED_HF" --overwrite
-  "$PY" -m launch.convert --hf_model="$TRAINED_HF" --out="$TRAINED"
+  "$PY" -m launch.convert --hf_model="$TRAINED_HF" --out="$TRAINED" --overwrite
+  echo "$SHIPPED_SHA" > "$TRAINED.sha256"
 fi
 verdict() {   # the JSON last line of launch.demo_memory -> "FocusLLM right, plain model wrong"
   "$PY" -c '
@@ -91,7 +95,7 @@ echo "$PASS" | head -n -1
 say "What this showed"
 echo "1. SmolLM2-135M, converted from its GGUF file, continues '$PROMPT' with $GEN."
 echo "2. $STEPS FocusLLM training steps took the held-out loss with the memory from $L0 to $L1" \
-     "against $N1 without it: a memory that helps takes about 200 steps (make train-smollm2)."
+     "against $N1 without it: a memory that helps takes hundreds of steps (make train-smollm2: 600)."
 echo "3. The trained checkpoint exports to an HF folder that plain transformers loads and" \
      "generates from: $HF_GEN."
 echo "4. With the shipped trained candidates, on 2K-token prompts whose answer is outside the" \

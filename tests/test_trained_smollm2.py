@@ -45,10 +45,11 @@ def trained_model(tmp_path_factory):
   return device_put(model), read_focus_config(out), out
 
 
-@partial(jax.jit, static_argnums=0)   # one compile for both models (same graph)
-def _losses(graphdef, state, b):
+@partial(jax.jit, static_argnums=(0, 3))   # one compile for both models (same graph)
+def _losses(graphdef, state, b, bos_sees_memory):
   m = nnx.merge(graphdef, state)
-  return task_losses(m, b)[0], task_losses(m, dict(b, n_memory=b["n_memory"] * 0))[0]
+  return (task_losses(m, b, bos_sees_memory=bos_sees_memory)[0],
+          task_losses(m, dict(b, n_memory=b["n_memory"] * 0))[0])
 
 
 def _fact_losses(model, focus, tok_dir):
@@ -63,14 +64,17 @@ def _fact_losses(model, focus, tok_dir):
                     spec)
   batch = {k: v.reshape((1, -1) + v.shape[2:]) for k, v in batch.items()}
   graphdef, state = nnx.split(model)
-  mem, none = map(np.asarray, _losses(graphdef, state, batch))
+  mem, none = map(np.asarray, _losses(graphdef, state, batch, focus.bos_sees_memory))
   fact = batch["kind"].ravel() == CONTINUATION
   return float(mem[fact].mean()), float(none[fact].mean())
 
 
 def test_trained_memory_retrieves_facts_on_held_out_text(trained_model):
   model, focus, path = trained_model
-  assert json.loads((path / "focus_config.json").read_text())["chunk_size"] == focus.chunk_size
+  shipped = json.loads((path / "focus_config.json").read_text())
+  assert shipped["chunk_size"] == focus.chunk_size
+  from configs import smollm2_memory   # the recipe that trains them: the same memory layout
+  assert shipped["bos_sees_memory"] is smollm2_memory.get_config().bos_sees_memory
   mem, none = _fact_losses(model, focus, path)
   untrained = add_candidates(remove_candidates(nnx.clone(model)))
   mem0, none0 = _fact_losses(untrained, focus, path)

@@ -31,7 +31,7 @@ import sys
 from focus_jax.assets import sha256_file
 
 HERE = Path(__file__).resolve().parent
-SHIPPED = {"smollm2_memory": "67789a6a87a04b8a33afb42c69fd8eda0ab09aee749e58407c2e68895bd51246"}   # name -> sha256 of focus_candidate.safetensors
+SHIPPED = {"smollm2_memory": "f056332ce43a570a135d6e2eb76e62013e72fc292b2b08e7c15db837f43544a4"}   # name -> sha256 of focus_candidate.safetensors
 CANDIDATE_FILE = "focus_candidate.safetensors"
 FOCUS_CONFIG = "focus_config.json"
 
