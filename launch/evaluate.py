@@ -52,7 +52,8 @@ flags.DEFINE_integer("seeds", 1, "passkey: seeds (keys) per length and depth.")
 flags.DEFINE_string("haystack", None, "passkey: text file replacing the official filler.")
 flags.DEFINE_string("needle_template", None, "passkey (with --haystack): the key line, with "
                     "{key} where the key goes (default: the official line).")
-flags.DEFINE_string("data", None, "perplexity: comma-separated files, folders, .jsonl.")
+flags.DEFINE_string("data", None, "perplexity: comma-separated files, folders, .jsonl, and "
+                    "corpus:plays (default: the held-out plays) or corpus:canterbury.")
 flags.DEFINE_string("jsonl_field", "text", "perplexity: text field of .jsonl documents.")
 flags.DEFINE_integer("stride", 2048, "perplexity: window stride (0: one window per document).")
 flags.DEFINE_integer("max_windows", 100, "perplexity: windows per length at most.")
@@ -264,6 +265,10 @@ def validate_flags():
   elif FLAGS.task == "perplexity":
     modes.at_least(0, "stride")
     modes.at_least(1, "max_windows", "loss_tokens", "context")
+    from focus_jax.eval.perplexity import CORPORA
+    bad = [p for p in (FLAGS.data or "").split(",") if p.startswith("corpus:") and p not in CORPORA]
+    if bad:
+      raise ValueError(f"--data: unknown corpus {', '.join(bad)}; known: {', '.join(CORPORA)}")
     if FLAGS.loss_tokens >= min(_ints(FLAGS.lengths, "lengths")):
       raise ValueError(f"--loss_tokens={FLAGS.loss_tokens} must be below the shortest "
                        f"--lengths window ({min(_ints(FLAGS.lengths, 'lengths'))})")

@@ -77,6 +77,11 @@ def test_perplexity_cli_resume_and_errors(ckpt, tmp_path):
     f.write('{"case": \n')
   r = _run(*args)
   assert r.returncode == 1 and "results.jsonl:7: malformed JSON" in r.stderr
+  # a named corpus that does not exist: one line, before the checkpoint loads
+  r = _run(*[a for a in args if not a.startswith("--data")], "--data=corpus:pg19")
+  assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+      "launch.evaluate: error: --data: unknown corpus corpus:pg19; known: corpus:plays, "
+      "corpus:canterbury"], r.stderr
 
 
 def test_longbench_cli_pred_file(ckpt, tmp_path):

