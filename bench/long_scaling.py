@@ -260,7 +260,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--out", required=True, help="JSON lines file, one record per cell")
   ap.add_argument("--cells", default="", help="KIND:LENGTH,... (kinds: " + ", ".join(KINDS) + ")")
-  ap.add_argument("--cache_dtype", default="", choices=["", "float32", "bfloat16"],
+  ap.add_argument("--cache_dtype", default="", choices=["", "float32", "bfloat16", "int8"],
                   help="exact decoder's chunk cache storage (default the compute dtype)")
   ap.add_argument("--chunk_batch", type=int, default=1)
   ap.add_argument("--diff_steps", type=int, default=8, help="cache_diff: tokens generated")

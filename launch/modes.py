@@ -32,9 +32,10 @@ flags.DEFINE_enum("focus_decode", "exact", ["exact", "fast"],
 flags.DEFINE_string("mesh", "", "focus: device mesh, e.g. 'chunk:8', 'data:2,chunk:4', "
                     "'fsdp:2,chunk:4' or 'fsdp:2,chunk:2,tensor:2'.")
 flags.DEFINE_integer("chunk_batch", 1, "focus: chunk rows per device per call (bounds memory).")
-flags.DEFINE_enum("chunk_cache_dtype", None, ["float32", "bfloat16"],
+flags.DEFINE_enum("chunk_cache_dtype", None, ["float32", "bfloat16", "int8"],
                   "focus, exact decoding: storage of the chunk K/V caches (bfloat16: half "
-                  "the memory, computation still in --dtype; default --dtype).")
+                  "the memory; int8: one byte per entry plus a float32 scale per vector, "
+                  "about a quarter; computation still in --dtype; default --dtype).")
 
 
 FOCUS_FLAGS = ("chunk_size", "local_window", "fragment_len", "min_focus_len")

@@ -1,11 +1,13 @@
-"""FocusLLM exact decoding with a compact (bfloat16) chunk cache and row-batched steps.
+"""FocusLLM exact decoding with a compact (bfloat16 or int8) chunk cache and row-batched steps.
 
 The bfloat16 cache is checked against an independent computation: the float32
 path whose cache is rounded to bfloat16 after every write (equal within 1e-6:
 the compact path must compute in float32 on exactly those values), and against
 the plain float32 path within a bound from bfloat16's rounding. The row-batched
 exact step is checked against the one-call step and the plain loop reference
-of focus_reference.py, and its compiled temporaries against the row count.
+of focus_reference.py, and its compiled temporaries against the row count. The int8
+cache (one scale per vector) is checked the same way: against the float32 path on a cache
+quantised in numpy, and against float32 within a bound from its rounding.
 """
 import functools
 
@@ -210,6 +212,16 @@ def test_memory_check_counts_the_cache_at_its_storage_dtype(model, x, run, monke
   generate(ModeSetup("focus", model, focus=FC, chunk_cache_dtype="bfloat16"), x, STEPS,
            stop_at_eos=False, timings=tm16)
   assert tm16["cache_bytes"] * 2 == tm["cache_bytes"] <= limit * 4 / 3 + 1
+  # int8 (head_dim + 4 bytes per vector: 20 of 64 here): fits in 0.4 of float32, bfloat16 not
+  monkeypatch.setattr(focus_jax.memory, "available_bytes",
+                      lambda: (int(0.4 * tm["cache_bytes"]), "test memory"))
+  with pytest.raises(ValueError, match=r"rows, bfloat16\) .* would need .* test memory"):
+    generate(ModeSetup("focus", model, focus=FC, chunk_cache_dtype="bfloat16"), x, STEPS,
+             stop_at_eos=False)
+  tm8 = {}
+  generate(ModeSetup("focus", model, focus=FC, chunk_cache_dtype="int8"), x, STEPS,
+           stop_at_eos=False, timings=tm8)
+  assert tm8["cache_bytes"] == tm["cache_bytes"] * (TINY.head_dim + 4) // (4 * TINY.head_dim)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
@@ -253,4 +265,91 @@ def test_bfloat16_cache_writes_are_in_place(model):
       (state, cache, jnp.ones((n,), bool), jnp.zeros((2,), jnp.int32), jnp.arange(n),
        jnp.zeros((WL,), jnp.int32), jnp.ones((WL,), bool), jnp.int32(n // 4)))).compile().as_text()
   assert f"bf16[{full}]" in encode and f"bf16[{full}]" in step
+  assert not whole.findall(encode) and not whole.findall(step)
+
+
+# The int8 cache (--chunk_cache_dtype=int8) -------------------------------------------------
+def _int8_round_trip(a):
+  """Independent numpy quantisation of the last axis: round(a / s) * s, s = max|a| / 127
+  (1 for a zero vector), clipped to [-127, 127]: what an int8 cache gives back."""
+  a = np.asarray(a, np.float32)
+  amax = np.abs(a).max(axis=-1, keepdims=True)
+  s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+  return (np.clip(np.round(a / s), -127, 127) * s).astype(np.float32)
+
+
+def test_int8_quantize_round_trip():
+  from focus_jax.model.llama import cache_entry_bytes, cache_values, quantize_int8
+  x = (jax.random.normal(jax.random.PRNGKey(3), (4, 3, 5, 8))
+       * jnp.array([1e-3, 1, 30, 0])[:, None, None, None])
+  packed = quantize_int8(x)
+  assert packed.dtype == jnp.int8 and packed.shape == (4, 3, 5, 8 + 4)
+  back = np.asarray(cache_values(packed, jnp.float32))
+  # the same integers; the scale within an ulp (XLA may divide by 127 as a reciprocal multiply)
+  np.testing.assert_allclose(back, _int8_round_trip(x), rtol=2 ** -22, atol=0)
+  assert (back[3] == 0).all() and np.isfinite(back).all()           # all-zero vectors
+  err = np.abs(back - np.asarray(x))
+  assert (err <= np.abs(np.asarray(x)).max(-1, keepdims=True) / 254 * (1 + 1e-6)).all()
+  assert [cache_entry_bytes(64, d) for d in ("float32", "bfloat16", "int8")] == [256, 128, 68]
+
+
+def test_int8_cache_equals_float32_on_the_quantized_cache(model, x, run):
+  """Independent path: float32 buffers whose every cached vector is quantised and restored
+  in numpy before each step reads it; the int8 cache must compute on exactly those values."""
+  gen, tm = run(chunk_cache_dtype="int8")
+  f32_bytes = run()[1]["cache_bytes"]
+  assert tm["cache_bytes"] == f32_bytes * (TINY.head_dim + 4) // (4 * TINY.head_dim)
+  rnd = lambda c: c._replace(k=jnp.asarray(_int8_round_trip(c.k)), v=jnp.asarray(_int8_round_trip(c.v)))
+  mesh = make_mesh(None)
+  plan = make_plan(x, TINY, FC, row_multiple=1)
+  size = round_up(plan.row_len - 1 + STEPS - 1, 16)
+  cache, mem_k, mem_v, mem_valid, mem_pos = encode_chunks(model, plan, mesh, 1, keep_cache=True,
+                                                          cache_size=size)
+  graphdef, state = nnx.split(model)
+  local = [int(t) for t in plan.local]
+  toks, val = local_input(local)
+  rows = [P_.local_fn(graphdef, mesh)(state, mem_k, mem_v, mem_valid, mem_pos, toks, val)]
+  step = P_.exact_step_fn(graphdef, mesh)
+  prev = local[-1]
+  for tok in gen.tokens[:-1].tolist():
+    local.append(tok)
+    toks, val = local_input(local)
+    logits, cache = step(state, rnd(cache), mem_valid, jnp.asarray([prev, tok], jnp.int32),
+                         mem_pos, toks, val)
+    rows.append(logits)
+    prev = tok
+  np.testing.assert_allclose(gen.logits, np.stack(rows), atol=1e-5, rtol=0)
+
+
+def test_int8_cache_close_to_float32(run):
+  """int8 with a scale per vector moves each cached entry by at most 1/254 of its vector's
+  largest entry: about twice bfloat16's 2^-9 relative step on the largest entries, so the
+  logits bound is twice bfloat16's (2^-7 * max|logit|); the first logits are exact."""
+  f32, _ = run()
+  q8, _ = run(chunk_cache_dtype="int8")
+  diff = np.abs(q8.logits - f32.logits)
+  assert 0 < diff.max() <= 2 ** -7 * np.abs(f32.logits).max()
+  assert diff[0].max() == 0
+  bf16, _ = run(chunk_cache_dtype="bfloat16")
+  print("max |logit diff| int8", diff.max(), "bfloat16", np.abs(bf16.logits - f32.logits).max())
+
+
+def test_int8_cache_writes_are_in_place(model):
+  """As for bfloat16: the compiled encoding and exact step never convert or copy the whole
+  int8 cache."""
+  import re
+  graphdef, state = nnx.split(model)
+  mesh, n, size, c = make_mesh(None), 128, 32, S + F + 1
+  cache = jax.eval_shape(lambda: init_cache(TINY, n, size, "int8"))
+  assert cache.k.shape[-1] == TINY.head_dim + 4
+  mem = jnp.zeros((TINY.num_layers, n, TINY.num_kv_heads, TINY.head_dim))
+  full = ",".join(map(str, cache.k.shape))
+  whole = re.compile(rf"= s8\[{full}\]\S* (convert|copy)\(|= f32\[{full[:full.rindex(',')]},\d+\]")
+  encode = P_.encode_fn(graphdef, mesh, 2, True).lower(*_abstract(
+      (state, jnp.zeros((n, c), jnp.int32), jnp.ones((n, c), bool), cache, mem, mem,
+       jnp.int32(0)))).compile().as_text()
+  step = P_.exact_step_fn(graphdef, mesh, step_rows=4).lower(*_abstract(
+      (state, cache, jnp.ones((n,), bool), jnp.zeros((2,), jnp.int32), jnp.arange(n),
+       jnp.zeros((WL,), jnp.int32), jnp.ones((WL,), bool), jnp.int32(n // 4)))).compile().as_text()
+  assert f"s8[{full}]" in encode and f"s8[{full}]" in step
   assert not whole.findall(encode) and not whole.findall(step)

@@ -138,9 +138,9 @@ def focus_decoder(setup, prompt: np.ndarray, max_new: int,
   exact = setup.focus_decode == "exact"
   # The kept chunk caches are stored in chunk_cache_dtype (exact decoding), when given.
   stored = setup.chunk_cache_dtype if exact and setup.chunk_cache_dtype else cfg.compute_dtype
-  check_cache_fits(cfg.replace(compute_dtype=stored), cache_tokens(plan, max_new, exact),
+  check_cache_fits(cfg, cache_tokens(plan, max_new, exact),
                    f"{plan.n_chunks} chunks ({plan.n_rows} rows, {stored}) + {max_new} new "
-                   "tokens")
+                   "tokens", cache_dtype=stored)
   clock.record(n_chunks=plan.n_chunks, n_rows=plan.n_rows)
   return (ExactDecoder if exact else FastDecoder)(setup, plan, mesh, chunk_batch, max_new, clock)
 

@@ -19,7 +19,7 @@ This file imports nothing heavy: the launchers check --mode before JAX starts.
 """
 MODES = ("plain", "selfextend", "focus")
 FOCUS_DECODES = ("exact", "fast")
-CACHE_DTYPES = ("float32", "bfloat16")
+CACHE_DTYPES = ("float32", "bfloat16", "int8")
 
 
 def check_mode(mode: str) -> str:

@@ -31,10 +31,12 @@ def bucket(n: int, multiple: int = 256) -> int:
   return -(-n // multiple) * multiple
 
 
-def kv_cache_bytes(cfg, tokens: int) -> int:
-  """Bytes of a KV cache (keys and values of every layer) holding `tokens` positions."""
-  itemsize = np.dtype(cfg.dtype).itemsize
-  return 2 * cfg.num_layers * int(tokens) * cfg.num_kv_heads * cfg.head_dim * itemsize
+def kv_cache_bytes(cfg, tokens: int, cache_dtype: str | None = None) -> int:
+  """Bytes of a KV cache (keys and values of every layer) holding `tokens` positions, stored
+  in cache_dtype (default the compute dtype; int8 with its per-vector scales)."""
+  from focus_jax.model.llama import cache_entry_bytes
+  entry = cache_entry_bytes(cfg.head_dim, cache_dtype or cfg.dtype)
+  return 2 * cfg.num_layers * int(tokens) * cfg.num_kv_heads * entry
 
 
 def activation_bytes(cfg, tokens: int) -> int:
@@ -47,12 +49,13 @@ def activation_bytes(cfg, tokens: int) -> int:
 
 
 def check_cache_fits(cfg, tokens: int, what: str, prefill_tokens: int = 0,
-                     hint: str = "lower max_new_tokens or the prompt length") -> None:
+                     hint: str = "lower max_new_tokens or the prompt length",
+                     cache_dtype: str | None = None) -> None:
   """Refuses, before allocating, a KV cache of `tokens` positions (and the activations of a
   prefill over `prefill_tokens`) that cannot fit."""
   from focus_jax.memory import available_bytes, check_bytes
   avail, where = available_bytes()
-  check_bytes(kv_cache_bytes(cfg, tokens) + activation_bytes(cfg, prefill_tokens),
+  check_bytes(kv_cache_bytes(cfg, tokens, cache_dtype) + activation_bytes(cfg, prefill_tokens),
               f"the KV cache{' and prefill activations' if prefill_tokens else ''} for {what}",
               hint, limit=avail, where=where)
 

@@ -119,9 +119,45 @@ class LayerContext(NamedTuple):
   k_seg: jax.Array | None = None  # [B, S] (0: a key every query may see)
 
 
+# The int8 cache: each cached key or value vector (one token, one KV head) is stored as
+# head_dim int8 values followed by the 4 bytes of its float32 scale (absmax / 127), so an
+# entry takes head_dim + 4 bytes instead of 2 * head_dim (bfloat16) or 4 * head_dim, and the
+# cache stays one array per K and V (slicing, row updates and shardings are unchanged).
+INT8 = jnp.dtype(jnp.int8)
+SCALE_BYTES = 4
+
+
+def cache_entry_bytes(head_dim: int, dtype) -> int:
+  """Bytes of one cached key (or value) vector stored in `dtype`."""
+  dtype = jnp.dtype(dtype)
+  return head_dim + SCALE_BYTES if dtype == INT8 else head_dim * dtype.itemsize
+
+
+def quantize_int8(x: jax.Array) -> jax.Array:
+  """[..., hd] float -> [..., hd + 4] int8: round(x / scale) and the bits of the float32
+  scale = max|x| / 127 (1 for an all-zero vector), so every entry moves by at most scale / 2."""
+  x = x.astype(jnp.float32)
+  amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+  scale = jnp.where(amax > 0, amax / 127, 1.0)
+  q = jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8)
+  bits = jax.lax.bitcast_convert_type(scale, jnp.int8).reshape(x.shape[:-1] + (SCALE_BYTES,))
+  return jnp.concatenate([q, bits], axis=-1)
+
+
+def cache_values(buf: jax.Array, dtype) -> jax.Array:
+  """Cached keys or values as `dtype`: an int8 cache is dequantised (values * scale)."""
+  if buf.dtype != INT8:
+    return buf.astype(dtype)
+  scale = jax.lax.bitcast_convert_type(buf[..., -SCALE_BYTES:], jnp.float32)
+  return (buf[..., :-SCALE_BYTES].astype(jnp.float32) * scale[..., None]).astype(dtype)
+
+
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
-  dtype = dtype or cfg.dtype
-  shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, cfg.head_dim)
+  """An empty cache; dtype the K/V storage (default the compute dtype; int8: quantized with
+  one scale per vector, see quantize_int8)."""
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  hd = cfg.head_dim + SCALE_BYTES if dtype == INT8 else cfg.head_dim
+  shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, hd)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                  jnp.zeros((batch, size), jnp.int32), jnp.zeros((batch, size), jnp.int32),
                  jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
@@ -147,12 +183,16 @@ def update_slice(buf: jax.Array, x: jax.Array, start) -> jax.Array:
   """`buf` with `x` (cast to buf's dtype) written at `start` (one index per axis), in place
   when `buf` is donated.
 
-  A 16-bit float buffer is updated through its integer bits: XLA:CPU otherwise upcasts
+  An int8 buffer is a quantized cache (init_cache): float `x` [..., hd] is quantized
+  (quantize_int8) before it is written. A 16-bit float buffer is updated through its
+  integer bits: XLA:CPU otherwise upcasts
   the whole buffer to float32 around the update, so every write of one row into a
   bfloat16 cache read and wrote all of it (the chunk encoding of a 400K-token input
   grew with the square of the input length). Values and derivatives are those of
   `jax.lax.dynamic_update_slice`.
   """
+  if buf.dtype == INT8 and x.dtype != INT8:   # an int8 cache: quantize the new vectors
+    x = quantize_int8(x)
   x = x.astype(buf.dtype)
   start = tuple(jnp.asarray(i, jnp.int32) for i in start)
   if buf.dtype in _HALF:
@@ -259,9 +299,11 @@ class Attention(nnx.Module):
       keys = update_slice(cache_kv[0], k, at)
       vals = update_slice(cache_kv[1], v, at)
       new_cache = (keys, vals)
+    if keys.dtype == INT8:   # an int8 cache: dequantised here, as a bfloat16 one is upcast
+      keys, vals = cache_values(keys, h.dtype), cache_values(vals, h.dtype)
     if prefix_kv is not None:
-      keys = jnp.concatenate([prefix_kv[0].astype(keys.dtype), keys], 1)
-      vals = jnp.concatenate([prefix_kv[1].astype(vals.dtype), vals], 1)
+      keys = jnp.concatenate([cache_values(prefix_kv[0], keys.dtype), keys], 1)
+      vals = jnp.concatenate([cache_values(prefix_kv[1], vals.dtype), vals], 1)
     o = ctx.attn
     a = attention(q, keys.astype(h.dtype), vals.astype(h.dtype), ctx.positions, ctx.k_pos,
                   ctx.order, ctx.k_order, ctx.k_valid, ctx.inv_freq, selfextend=o.selfextend,
